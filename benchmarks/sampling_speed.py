@@ -8,9 +8,11 @@ times whole calls (median of `--repeats`, 1 for calls over 10 s) and reports sec
 milliseconds per sequence and generated tokens/s (batch × seq_len / time; every position of the
 fixed-length row counts, PAD included, for both models).
 
-Where diffusion matches AR: at `--match_batch`, call time is linear in the step count, t(K) = a +
-b·K (fitted by least squares over the measured step counts); the matching step count is
-K* = (t_AR − a) / b, checked by timing diffusion at round(K*) (at least 1).
+Where diffusion matches AR: at `--match_batch`, the matching step count K* is interpolated
+between the two measured step counts whose times bracket AR's (the small `--fit_steps` counts
+are timed for this), or extrapolated from a least-squares line t(K) = a + b·K when none do; it
+is checked by timing diffusion at round(K*) (at least 1). The line's slope b is reported as the
+cost of one step.
 
 Quality there: with `--diffusion_workdir` and `--judge_workdir` (an autoregressive workdir,
 configs/e2e_ar.py), it draws `--quality_samples` samples at max(1, round(K*)) steps and at the
@@ -50,7 +52,8 @@ flags.DEFINE_string("judge_workdir", None, "A trained autoregressive workdir: th
                     "weights are wanted) and the judge of sample quality.")
 flags.DEFINE_list("steps", ["10", "50", "200", "2000"], "Diffusion step counts to time.")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
-flags.DEFINE_list("fit_steps", ["1", "2", "5"], "Extra step counts timed at --match_batch for the fit.")
+flags.DEFINE_list("fit_steps", ["1", "2", "3", "4", "5", "6"], "Extra step counts timed at --match_batch to "
+                  "bracket AR's time.")
 flags.DEFINE_integer("match_batch", 64, "Batch size at which the matching step count is found.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per setting (the median is reported).")
 flags.DEFINE_integer("quality_samples", 256, "Samples per model for the quality comparison.")
@@ -160,7 +163,9 @@ def measure_speed(models: Models, steps: list[int], batch_sizes: list[int], fit_
   if len(fit_rows) >= 2 and ar_rows:
     slope, intercept = np.polyfit([r["steps"] for r in fit_rows], [r["seconds_per_call"] for r in fit_rows], 1)
     ar_seconds = ar_rows[0]["seconds_per_call"]
-    matching = (ar_seconds - intercept) / slope
+    matching = _bracketed_steps(fit_rows, ar_seconds)
+    if matching is None:  # AR is faster or slower than every measured count: extrapolate the fit.
+      matching = (ar_seconds - intercept) / slope
     check_steps = max(1, int(round(matching)))
     compiled, args = models.diffusion_sampler(match_batch, check_steps)
     check = _row("diffusion", check_steps, match_batch, models.seq_len, time_calls(compiled, args, repeats))
@@ -170,6 +175,15 @@ def measure_speed(models: Models, steps: list[int], batch_sizes: list[int], fit_
         "checked_seconds_per_call": check["seconds_per_call"],
         "diffusion_over_ar_at_200_steps": _ratio(rows, 200, match_batch, ar_seconds)}
   return result
+
+
+def _bracketed_steps(rows: list[dict], target_seconds: float) -> float | None:
+  """The step count at `target_seconds`, interpolated between the two measured counts around it."""
+  points = sorted((r["steps"], r["seconds_per_call"]) for r in rows)
+  for (steps_low, seconds_low), (steps_high, seconds_high) in zip(points, points[1:]):
+    if seconds_low <= target_seconds <= seconds_high and seconds_high > seconds_low:
+      return steps_low + (target_seconds - seconds_low) / (seconds_high - seconds_low) * (steps_high - steps_low)
+  return None
 
 
 def _ratio(rows, steps, batch_size, ar_seconds):
@@ -212,7 +226,8 @@ def format_tables(report: dict) -> str:
   if match:
     out.append(f"\nAt batch {match['batch_size']}: AR decodes a batch in {match['ar_seconds_per_call']:.3f} s; "
                f"diffusion costs {match['fit_intercept_seconds']:.3f} s + {match['fit_seconds_per_step'] * 1e3:.1f} ms "
-               f"per step, so it matches AR at {match['matching_steps']:.2f} steps (measured at "
+               f"per step (least squares); interpolating the measured counts, it matches AR at "
+               f"{match['matching_steps']:.2f} steps (measured at "
                f"{match['checked_steps']} steps: {match['checked_seconds_per_call']:.3f} s).")
     if match["diffusion_over_ar_at_200_steps"]:
       out.append(f"200 diffusion steps take {match['diffusion_over_ar_at_200_steps']:.1f}x AR's time.")

@@ -38,6 +38,27 @@ def pad_after_eos(tokens_BL: jax.Array, eos_id: int = EOS_ID, pad_id: int = PAD_
   return jnp.where(after_eos_BL, pad_id, tokens_BL)
 
 
+def first_argmax(x_BV: jax.Array) -> jax.Array:
+  """`jnp.argmax(x, -1)` (the first maximum) as two plain reductions.
+
+  XLA:CPU lowers argmax to a (value, index) pair reduction that is several times slower than a
+  max and a min; per decoding step over a [64, 1000] vocabulary that was a tenth of the time.
+  """
+  max_B1 = jnp.max(x_BV, axis=-1, keepdims=True)
+  positions_V = jnp.arange(x_BV.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(x_BV == max_B1, positions_V, x_BV.shape[-1]), axis=-1).astype(jnp.int32)
+
+
+def sample_logits(rng: jax.Array, logits_BV: jax.Array, temperature: float) -> jax.Array:
+  """Token ids [B]: argmax at temperature 0, else a draw from softmax(logits / temperature).
+
+  The draw is `jax.random.categorical(rng, logits / temperature)`'s Gumbel-max, draw for draw.
+  """
+  if temperature == 0:
+    return first_argmax(logits_BV)
+  return first_argmax(logits_BV / temperature + jax.random.gumbel(rng, logits_BV.shape, logits_BV.dtype))
+
+
 def decode_tokens(model, params, rng: jax.Array, batch_size: int, length: int, temperature: float = 1.0,
                   prefix_BL: jax.Array | None = None, prefix_mask_BL: jax.Array | None = None,
                   stop_at_eos: bool = True) -> jax.Array:
@@ -64,12 +85,7 @@ def decode_tokens(model, params, rng: jax.Array, batch_size: int, length: int, t
     step_rng, forced_B, forced_mask_B = inputs
     logits_B1V, updated = decoder.apply({"params": params, "cache": cache}, input_B[:, None],
                                         method=decoder.next_logits, mutable=["cache"])
-    logits_BV = logits_B1V[:, 0].astype(jnp.float32)
-    if temperature == 0:
-      token_B = jnp.argmax(logits_BV, axis=-1)
-    else:
-      token_B = jax.random.categorical(step_rng, logits_BV / temperature, axis=-1)
-    token_B = token_B.astype(jnp.int32)
+    token_B = sample_logits(step_rng, logits_B1V[:, 0].astype(jnp.float32), temperature)
     token_B = jnp.where(forced_mask_B, forced_B, token_B)
     return (updated["cache"], token_B), token_B
 
