@@ -1,6 +1,6 @@
 """Quality ablation on E2E: each recipe variant trained at the same budget, scored the same way.
 
-For every variant: train `configs/e2e.py` + the variant's overrides for `--steps` steps (same
+For every variant: train `configs/base.py` (Diffusion-LM's recipe) + the variant's overrides for `--steps` steps (same
 batch, same model size; variants that differ only in `sample.*` settings share one trained model),
 then report the NLL bound (the eval binary's estimator, on the first
 `--eval_sequences` validation sentences), the AR judge's generative perplexity and distinct-2 of
@@ -23,10 +23,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import e2e, e2e_ar  # noqa: E402
+from configs import base, e2e_ar  # noqa: E402
 from diffusion_lm.config_utils import apply_overrides  # noqa: E402
 
-# name → (config overrides on configs/e2e.py, description). Order = the table's order.
+# name → (config overrides on configs/base.py, description); configs/e2e.py = cdcd_cheap_clamp. Order = the table's order.
 CATEGORICAL = {"diffusion.objective": "cdcd", "model.parameterization": "categorical",
                "model.normalize_embeddings": True, "model.embed_dim": 32, "sample.clamp": False}
 VARIANTS = {
@@ -37,6 +37,31 @@ VARIANTS = {
                            "+ time warping (train and sample)"),
     "cdcd_full": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
                                  "sample.temperature": 0.5}, "+ score temperature 0.5"),
+    "cdcd_selfcond_warp_draw": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                "sample.draw_tokens": True}, "+ x0 = a drawn token's embedding, not the mean"),
+    "cdcd_selfcond_warp_clamp": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                 "sample.clamp": True}, "+ clamping (x0 = nearest embedding of the mean)"),
+    "cdcd_d64": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                "model.embed_dim": 64}, "cdcd_selfcond_warp with d=64"),
+    "cdcd_cosine": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                   "diffusion.schedule": "cosine"}, "cdcd_selfcond_warp with the cosine schedule"),
+    "cdcd_lr3e-3": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                   "train.learning_rate": 3e-3}, "cdcd_selfcond_warp with lr 3e-3"),
+    "cdcd_fast": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                 "train.learning_rate": 3e-3, "train.warmup_steps": 50}, "cdcd_selfcond_warp, lr 3e-3, 50 warm-up steps"),
+    "cdcd_fast_clamp": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                       "train.learning_rate": 3e-3, "train.warmup_steps": 50, "sample.clamp": True},
+                        "cdcd_fast + clamping"),
+    "cdcd_fast_t0.5": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
+                                      "train.learning_rate": 3e-3, "train.warmup_steps": 50, "sample.temperature": 0.5},
+                       "cdcd_fast + score temperature 0.5"),
+    "cdcd_fast_nowarp": (CATEGORICAL | {"model.self_conditioning": True, "train.learning_rate": 3e-3,
+                                        "train.warmup_steps": 50}, "cdcd_fast without time warping"),
+    "cdcd_cheap": (CATEGORICAL | {"diffusion.time_warping": True, "train.learning_rate": 3e-3, "train.warmup_steps": 50},
+                   "cdcd_fast without self-conditioning (2/3 of its CPU time per step)"),
+    "cdcd_cheap_clamp": (CATEGORICAL | {"diffusion.time_warping": True, "train.learning_rate": 3e-3,
+                                        "train.warmup_steps": 50, "sample.clamp": True}, "cdcd_cheap + clamping"),
+    "diffusion_lm_lr3e-3": ({"train.learning_rate": 3e-3, "train.warmup_steps": 50}, "Diffusion-LM recipe, lr 3e-3"),
     "vlb_learned": ({"diffusion.objective": "vlb", "diffusion.schedule": "learned",
                      "model.parameterization": "categorical", "model.normalize_embeddings": True,
                      "model.embed_dim": 32, "model.self_conditioning": True, "sample.clamp": False},
@@ -136,11 +161,11 @@ def main(argv):
     key = json.dumps(training, sort_keys=True)
     if key not in trained:
       workdir = os.path.join(FLAGS.out_dir, name)
-      trained[key] = (workdir, train_timed(apply_overrides(e2e.get_config(), overrides | budget), workdir))
+      trained[key] = (workdir, train_timed(apply_overrides(base.get_config(), overrides | budget), workdir))
     workdir, seconds = trained[key]
     rows.append(score_variant(name, workdir, judge_workdir, seconds, sampling))
     print(markdown_table(rows, ar), flush=True)
-  with open(os.path.join(FLAGS.out_dir, "results.json"), "w") as f:
+  with open(os.path.join(FLAGS.out_dir, f"results_{FLAGS.sample_steps}steps.json"), "w") as f:
     json.dump({"rows": rows, "autoregressive": ar, "steps": FLAGS.steps, "sample_steps": FLAGS.sample_steps,
                "descriptions": {n: VARIANTS[n][1] for n in names}}, f, indent=2)
   print(markdown_table(rows, ar))

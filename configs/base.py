@@ -80,6 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.sampler = "ancestral"  # "ancestral" (q(z_s|z_t, x0)) or "ddim" (deterministic).
   sample.clamp = True  # Replace x0 by its nearest embedding row (Diffusion-LM's clamping).
   sample.temperature = 1.0  # Score temperature for categorical models: x0 = softmax(logits/τ) E.
+  sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
+  #                             the mean (a hard choice per position; clamping is then a no-op).
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # Data-parallel axis size; -1 takes the remaining devices.

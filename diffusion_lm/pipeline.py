@@ -65,6 +65,7 @@ class Pipeline:
             anchor_tokens, anchor_mask, anchor_words_only, control.SPECIAL_IDS)
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, self.log_snr_fn,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
+                                  draw_tokens=self.config.sample.draw_tokens,
                                   time_warp_table=self.time_warp_table, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
                                   return_trajectory=trajectory)

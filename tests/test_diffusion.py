@@ -127,3 +127,24 @@ def test_anchors_are_kept_and_trajectory_has_one_entry_per_step():
                                        anchors=anchors, return_trajectory=True)
   np.testing.assert_array_equal(np.asarray(tokens)[:, [0, 3, 5]], [[5, 7, 9]] * 2)
   assert trajectory.shape == (4, 2, 6, 23)
+
+
+@pytest.mark.parametrize("draw_tokens", [False, True])
+def test_draw_tokens_feeds_embedding_rows_not_the_mean(draw_tokens):
+  # Tokens 1 and 2 equally likely; the fed-back x̂0 (self-conditioning) sharpens the logits
+  # towards the token it holds, so the trajectory shows what x̂0 was at the previous step.
+  embedding = jnp.eye(4)
+  base = jnp.array([-1e9, 0.0, 0.0, -1e9])
+  def denoise(noisy, t, self_cond):
+    logits = base + 10.0 * self_cond @ embedding.T
+    return logits, jax.nn.softmax(logits, -1) @ embedding
+  fns = DenoiserFns(embed=lambda tokens: embedding[tokens], denoise=denoise, round_logits=None,
+                    embedding_table=embedding, self_conditioning=True, categorical=True)
+  _, trajectory = samplers.sample(fns, jax.random.key(0), (3, 6), 4, schedules.sqrt_log_snr, clamp=False,
+                                  draw_tokens=draw_tokens, return_trajectory=True)
+  probs = np.asarray(jax.nn.softmax(trajectory[1:], -1))
+  if draw_tokens:  # x̂0 was one token's row: the next logits are sure of that token, and both occur.
+    assert probs.max(-1).min() > 0.99
+    assert set(np.unique(probs.argmax(-1))) == {1, 2}
+  else:  # x̂0 was the mean of rows 1 and 2: they stay tied.
+    np.testing.assert_allclose(probs[..., 1], probs[..., 2], atol=1e-6)

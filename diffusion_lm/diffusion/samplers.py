@@ -90,7 +90,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
            log_snr_fn: Callable[[jax.Array], jax.Array], sampler: str = "ancestral", clamp: bool = True,
            anchors: Anchors | None = None, start_noisy_BLD: jax.Array | None = None,
            start_time: float = 1.0, return_trajectory: bool = False, guidance=None,
-           temperature: float = 1.0, time_warp_table: jax.Array | None = None):
+           temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False):
   """Runs the reverse process and returns token ids [B, L] (and, optionally, the per-step logits).
 
   `start_noisy_BLD` with `start_time` < 1 starts mid-way (editing: z = α x_draft + σ ε).
@@ -98,6 +98,8 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
   With `return_trajectory`, also returns logits at every step [K, B, L, V] (for notebooks).
   `temperature` < 1 sharpens a categorical model's x̂0 = softmax(logits / τ) E (score temperature);
   `time_warp_table` places the steps by the training loss profile (CDCD time warping).
+  `draw_tokens` replaces x̂0 by the embedding of a token drawn from softmax(logits / τ) at every
+  step (a hard, per-position choice instead of the mean; clamping is then a no-op).
   """
   if sampler not in STEPS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(STEPS)}")
@@ -124,6 +126,12 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
     logits_BLV, x0_BLD = fns.denoise(noisy_BLD, t_B, previous_x0_BLD if fns.self_conditioning else None)
     if fns.categorical and temperature != 1.0:
       x0_BLD = jax.nn.softmax(logits_BLV / temperature, axis=-1) @ embedding_VD
+    if draw_tokens:
+      draw_rng, step_rng = jax.random.split(step_rng)
+      draw_logits_BLV = logits_BLV.astype(jnp.float32) / temperature
+      if banned_BLV is not None:
+        draw_logits_BLV = jnp.where(banned_BLV, -jnp.inf, draw_logits_BLV)
+      x0_BLD = embedding_VD[jax.random.categorical(draw_rng, draw_logits_BLV, axis=-1)]
     if clamp:
       x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV)
     x0_BLD = impose_anchors(x0_BLD)
