@@ -5,7 +5,8 @@ The recipe is the one that did best at this budget in benchmarks/quality.py (BEN
 embeddings, time warping of the training t and the sampling grid, a higher learning rate, and
 clamping in sampling. At 1,500 steps its likelihood bound is 3.8× lower than Diffusion-LM's recipe
 (configs/base.py's defaults) and its samples' judge perplexity 44× real sentences' instead of 247×,
-at the same CPU time per step (self-conditioning was left out: it costs 1.5× per step and did not help at this budget).
+at 1.2× its CPU time per step (self-conditioning was left out: it costs 1.5× per step and did not
+help at this budget).
 
 Diffusion-LM's own recipe and paper size (Li et al. 2022, E2E: an 80M BERT-base backbone, d=16,
 sqrt schedule, MSE to x0 + rounding, lr 1e-4, 200k steps) is configs/base.py plus:
