@@ -85,3 +85,21 @@ def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "bench", "lm1b_pod", "tiny"])
+def test_shipped_configs_validate(name):
+  # The README main job and the benchmarks start from these; a bad default would only show there.
+  import importlib
+  from diffusion_lm import config_utils
+  config_utils.validate(importlib.import_module(f"configs.{name}").get_config())
+
+
+def test_e2e_default_is_the_ablation_winner():
+  # configs/e2e.py = Diffusion-LM's base + the categorical, time-warped, lr-3e-3, clamped recipe.
+  from configs import base, e2e
+  default, diffusion_lm = e2e.get_config(), base.get_config()
+  assert (default.diffusion.objective, default.model.parameterization) == ("cdcd", "categorical")
+  assert default.model.normalize_embeddings and default.diffusion.time_warping and default.sample.clamp
+  assert not default.model.self_conditioning and default.train.learning_rate == 3e-3
+  assert (diffusion_lm.diffusion.objective, diffusion_lm.model.parameterization) == ("e2e", "direct")
