@@ -3,10 +3,11 @@
 The recipe is the one that did best at this budget in benchmarks/quality.py (BENCHMARKS.md,
 "Recipe ablation"): CDCD's categorical x̂0 trained with cross-entropy on normalised d=32
 embeddings, time warping of the training t and the sampling grid, a higher learning rate, and
-clamping in sampling. At 1,500 steps its likelihood bound is 3.8× lower than Diffusion-LM's recipe
-(configs/base.py's defaults) and its samples' judge perplexity 44× real sentences' instead of 247×,
-at 1.2× its CPU time per step (self-conditioning was left out: it costs 1.5× per step and did not
-help at this budget).
+clamping and score temperature 0.5 in sampling. At 1,500 steps its likelihood bound is 3.8×
+lower than Diffusion-LM's recipe (configs/base.py's defaults) and its samples' judge perplexity
+44× real sentences' instead of 247× (before the temperature, which lowers it a further 1.27×),
+at 1.2× its CPU time per step. Self-conditioning was left out: it costs 1.5× per step and did
+not help at this budget.
 
 Diffusion-LM's own recipe and paper size (Li et al. 2022, E2E: an 80M BERT-base backbone, d=16,
 sqrt schedule, MSE to x0 + rounding, lr 1e-4, 200k steps) is configs/base.py plus:
@@ -31,4 +32,5 @@ def get_config():
   config.train.learning_rate = 3e-3  # 1e-3 left the bound 2.4× higher after 1,500 steps.
   config.train.warmup_steps = 50  # Half of base's: the budget is short.
   config.sample.clamp = True  # Snap x̂0 to its nearest embedding row: judge perplexity 715 → 311.
+  config.sample.temperature = 0.5  # Sharper x̂0 = softmax(logits/τ) E: judge perplexity 252 → 198.
   return config
