@@ -55,7 +55,10 @@ class Pipeline:
     self._classifier = None
 
   def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False):
-    key = (num_samples, steps, sampler, clamp, trajectory)
+    # The config's sampling settings are baked into the compiled function: they belong in the key,
+    # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
+    key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
+           bool(self.config.sample.draw_tokens))
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
       def run(params, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None, start_noisy=None,

@@ -131,3 +131,15 @@ def test_checkpoint_of_another_model_shape_is_rejected(trained_workdir, tmp_path
 def test_sampling_an_empty_workdir_is_a_clear_error(tmp_path):
   result = run_binary("diffusion_lm.sample", f"--workdir={tmp_path}")
   assert_one_line_error(result, "no checkpoint")
+
+
+def test_sampling_settings_changed_on_a_loaded_pipeline_take_effect(trained_workdir):
+  import diffusion_lm
+  pipe = diffusion_lm.load(trained_workdir)
+  default = pipe.sample_tokens(3, steps=5, seed=7)
+  pipe.config.sample.draw_tokens = True  # After a compiled call with the default settings.
+  drawn, again = pipe.sample_tokens(3, steps=5, seed=7), pipe.sample_tokens(3, steps=5, seed=7)
+  np.testing.assert_array_equal(drawn, again)
+  assert not np.array_equal(drawn, default), "draw_tokens must reach the sampler"
+  pipe.config.sample.draw_tokens = False
+  np.testing.assert_array_equal(pipe.sample_tokens(3, steps=5, seed=7), default)
