@@ -1,7 +1,8 @@
 """Quality ablation on E2E: each recipe variant trained at the same budget, scored the same way.
 
-For every variant: train `configs/base.py` (Diffusion-LM's recipe) + the variant's overrides for `--steps` steps (same
-batch, same model size; variants that differ only in `sample.*` settings share one trained model),
+For every variant: train `configs/base.py` (Diffusion-LM's recipe) + the variant's overrides for
+`--steps` steps (same batch, same model size; variants that differ only in `sample.*` settings
+share one trained model),
 then report the NLL bound (the eval binary's estimator, on the first
 `--eval_sequences` validation sentences), the AR judge's generative perplexity and distinct-2 of
 `--num_samples` samples at `--sample_steps` steps, and the same figures for the AR baseline (trained
@@ -26,45 +27,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import base, e2e_ar  # noqa: E402
 from diffusion_lm.config_utils import apply_overrides  # noqa: E402
 
-# name → (config overrides on configs/base.py, description); configs/e2e.py = cdcd_cheap_clamp. Order = the table's order.
+# name → (config overrides on configs/base.py, description). Order = the table's order.
+# configs/e2e.py is cdcd_cheap_clamp plus sample.temperature=0.5 (measured after the sweeps).
 CATEGORICAL = {"diffusion.objective": "cdcd", "model.parameterization": "categorical",
                "model.normalize_embeddings": True, "model.embed_dim": 32, "sample.clamp": False}
+SELFCOND = {"model.self_conditioning": True}
+WARP = {"diffusion.time_warping": True}
+FAST_LR = {"train.learning_rate": 3e-3, "train.warmup_steps": 50}
+SELFCOND_WARP = CATEGORICAL | SELFCOND | WARP
+FAST = SELFCOND_WARP | FAST_LR
+CHEAP = CATEGORICAL | WARP | FAST_LR
 VARIANTS = {
     "diffusion_lm": ({}, "Diffusion-LM: e2e loss, direct x0, sqrt schedule, d=16, clamping"),
     "cdcd": (CATEGORICAL, "categorical x0 + cross-entropy (CDCD), normalised d=32, no clamp"),
-    "cdcd_selfcond": (CATEGORICAL | {"model.self_conditioning": True}, "+ self-conditioning"),
-    "cdcd_selfcond_warp": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True},
-                           "+ time warping (train and sample)"),
-    "cdcd_full": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                 "sample.temperature": 0.5}, "+ score temperature 0.5"),
-    "cdcd_selfcond_warp_draw": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                "sample.draw_tokens": True}, "+ x0 = a drawn token's embedding, not the mean"),
-    "cdcd_selfcond_warp_clamp": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                 "sample.clamp": True}, "+ clamping (x0 = nearest embedding of the mean)"),
-    "cdcd_d64": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                "model.embed_dim": 64}, "cdcd_selfcond_warp with d=64"),
-    "cdcd_cosine": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                   "diffusion.schedule": "cosine"}, "cdcd_selfcond_warp with the cosine schedule"),
-    "cdcd_lr3e-3": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                   "train.learning_rate": 3e-3}, "cdcd_selfcond_warp with lr 3e-3"),
-    "cdcd_fast": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                 "train.learning_rate": 3e-3, "train.warmup_steps": 50}, "cdcd_selfcond_warp, lr 3e-3, 50 warm-up steps"),
-    "cdcd_fast_clamp": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                       "train.learning_rate": 3e-3, "train.warmup_steps": 50, "sample.clamp": True},
-                        "cdcd_fast + clamping"),
-    "cdcd_fast_t0.5": (CATEGORICAL | {"model.self_conditioning": True, "diffusion.time_warping": True,
-                                      "train.learning_rate": 3e-3, "train.warmup_steps": 50, "sample.temperature": 0.5},
-                       "cdcd_fast + score temperature 0.5"),
-    "cdcd_fast_nowarp": (CATEGORICAL | {"model.self_conditioning": True, "train.learning_rate": 3e-3,
-                                        "train.warmup_steps": 50}, "cdcd_fast without time warping"),
-    "cdcd_cheap": (CATEGORICAL | {"diffusion.time_warping": True, "train.learning_rate": 3e-3, "train.warmup_steps": 50},
-                   "cdcd_fast without self-conditioning (0.84x its CPU time per step)"),
-    "cdcd_cheap_clamp": (CATEGORICAL | {"diffusion.time_warping": True, "train.learning_rate": 3e-3,
-                                        "train.warmup_steps": 50, "sample.clamp": True}, "cdcd_cheap + clamping"),
-    "diffusion_lm_lr3e-3": ({"train.learning_rate": 3e-3, "train.warmup_steps": 50}, "Diffusion-LM recipe, lr 3e-3"),
-    "vlb_learned": ({"diffusion.objective": "vlb", "diffusion.schedule": "learned",
-                     "model.parameterization": "categorical", "model.normalize_embeddings": True,
-                     "model.embed_dim": 32, "model.self_conditioning": True, "sample.clamp": False},
+    "cdcd_selfcond": (CATEGORICAL | SELFCOND, "+ self-conditioning"),
+    "cdcd_selfcond_warp": (SELFCOND_WARP, "+ time warping (train and sample)"),
+    "cdcd_full": (SELFCOND_WARP | {"sample.temperature": 0.5}, "+ score temperature 0.5"),
+    "cdcd_selfcond_warp_draw": (SELFCOND_WARP | {"sample.draw_tokens": True},
+                                "+ x0 = a drawn token's embedding, not the mean"),
+    "cdcd_selfcond_warp_clamp": (SELFCOND_WARP | {"sample.clamp": True}, "+ clamping (x0 = nearest embedding of the mean)"),
+    "cdcd_d64": (SELFCOND_WARP | {"model.embed_dim": 64}, "cdcd_selfcond_warp with d=64"),
+    "cdcd_cosine": (SELFCOND_WARP | {"diffusion.schedule": "cosine"}, "cdcd_selfcond_warp with the cosine schedule"),
+    "cdcd_lr3e-3": (SELFCOND_WARP | {"train.learning_rate": 3e-3}, "cdcd_selfcond_warp with lr 3e-3"),
+    "cdcd_fast": (FAST, "cdcd_selfcond_warp, lr 3e-3, 50 warm-up steps"),
+    "cdcd_fast_clamp": (FAST | {"sample.clamp": True}, "cdcd_fast + clamping"),
+    "cdcd_fast_t0.5": (FAST | {"sample.temperature": 0.5}, "cdcd_fast + score temperature 0.5"),
+    "cdcd_fast_nowarp": (CATEGORICAL | SELFCOND | FAST_LR, "cdcd_fast without time warping"),
+    "cdcd_cheap": (CHEAP, "cdcd_fast without self-conditioning (0.84x its CPU time per step)"),
+    "cdcd_cheap_clamp": (CHEAP | {"sample.clamp": True}, "cdcd_cheap + clamping"),
+    "diffusion_lm_lr3e-3": (FAST_LR, "Diffusion-LM recipe, lr 3e-3"),
+    "vlb_learned": (CATEGORICAL | SELFCOND | {"diffusion.objective": "vlb", "diffusion.schedule": "learned"},
                     "vlb objective, learned schedule, categorical, self-cond (Plaid-like)"),
 }
 
