@@ -6,7 +6,10 @@ Protocol (Li et al. 2022, §7, adapted where stated):
     because the test set's names never occur in training, familyFriendly because its values
     "yes"/"no" are not words of the text), draw `--per_target` samples with classifier guidance
     towards the pair; success = the value's words appear contiguously in the output
-    (case-insensitive). The same samples without guidance give the chance rate.
+    (case-insensitive). The same samples without guidance give the chance rate. With
+    `--best_of=N` every target gets N× the samples: "guided" is then the success of all of them
+    (one sample's chance, better estimated) and "guided_best_of_N" that of the sample the
+    classifier rates highest in each group of N (Pipeline's `best_of`).
   - Length: targets 10..40 tokens, `--per_length` samples each, EOS pinned at the target;
     success = the output has target ± 2 tokens (and exact, reported too).
   - Infilling: the first reference of `--num_infill` test MRs; its middle third of words is
@@ -54,8 +57,11 @@ flags.DEFINE_integer("num_edit", 32, "Test references to edit per strength.")
 flags.DEFINE_float("guidance_weight", 0.01, "λ (fluency weight).")
 flags.DEFINE_float("guidance_step_size", 0.1, "Adagrad step size.")
 flags.DEFINE_integer("guidance_steps", 3, "Adagrad steps per diffusion step.")
+flags.DEFINE_integer("best_of", 1, "Semantic: also report picking the classifier's favourite of N guided samples.")
 flags.DEFINE_integer("batch_size", 96, "Rows per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "E2E split of the MRs and references; tune "
+                  "guidance on validation, report on test.")
 flags.DEFINE_bool("unguided", True, "Also sample the semantic targets without guidance (chance rate).")
 flags.DEFINE_list("sections", ["semantic", "length", "infill", "editing"], "Which parts to run.")
 flags.DEFINE_string("output", None, "Write the JSON report here.")
@@ -89,22 +95,34 @@ def semantic(pipe, classifier, test_mrs, known_bigrams, judge):
   rows = [pair for pair in pairs for _ in range(FLAGS.per_target)]
   free = control.free_plan(pipe.config.data.seq_len)
 
-  def guide(start, n):
-    return classifier.guidance([[pair] for pair in rows[start:start + n]], n, FLAGS.guidance_weight,
-                               FLAGS.guidance_step_size, FLAGS.guidance_steps)
-  results = {}
-  runs = (("guided", guide), ("unguided", None)) if FLAGS.unguided else (("guided", guide),)
-  for name, guidance_fn in runs:
-    started = time.perf_counter()
-    texts = batched(pipe, [free] * len(rows), guidance_fn=guidance_fn)
+  def summary(texts, rows, seconds):
     hits = [text_metrics.contains_phrase(text, value) for text, (_, value) in zip(texts, rows)]
     per_field = collections.defaultdict(list)
     for hit, (field, _) in zip(hits, rows):
       per_field[field].append(hit)
-    results[name] = {"success": round(100 * float(np.mean(hits)), 1),
-                     "per_field": {f: round(100 * float(np.mean(h)), 1) for f, h in per_field.items()},
-                     **fluency(texts, known_bigrams, judge), "seconds": round(time.perf_counter() - started, 1),
-                     "examples": [f"[{f}={v}] {t}" for t, (f, v) in list(zip(texts, rows))[::FLAGS.per_target][:8]]}
+    step = len(rows) // len(pairs)
+    return {"success": round(100 * float(np.mean(hits)), 1), "num_samples": len(texts),
+            "per_field": {f: round(100 * float(np.mean(h)), 1) for f, h in per_field.items()},
+            **fluency(texts, known_bigrams, judge), "seconds": round(seconds, 1),
+            "examples": [f"[{f}={v}] {t}" for t, (f, v) in list(zip(texts, rows))[::step][:8]]}
+
+  results = {}
+  for name in ("guided", "unguided") if FLAGS.unguided else ("guided",):
+    n = FLAGS.best_of if name == "guided" else 1
+    sample_rows = [pair for pair in rows for _ in range(n)]  # A row's n candidates are adjacent.
+    guidance_fn = None
+    if name == "guided":
+      guidance_fn = lambda start, size: classifier.guidance(
+          [[pair] for pair in sample_rows[start:start + size]], size, FLAGS.guidance_weight,
+          FLAGS.guidance_step_size, FLAGS.guidance_steps)
+    started = time.perf_counter()
+    texts = batched(pipe, [free] * len(sample_rows), guidance_fn=guidance_fn)
+    results[name] = summary(texts, sample_rows, time.perf_counter() - started)
+    if n > 1:
+      every_row = classifier.guidance([[pair] for pair in sample_rows], len(sample_rows))
+      best_RN = np.argmax(pipe.control_scores(every_row, texts).reshape(len(rows), n), axis=1)
+      picks = [texts[i * n + int(best)] for i, best in enumerate(best_RN)]
+      results[f"{name}_best_of_{n}"] = summary(picks, rows, time.perf_counter() - started)
   results["targets"] = [f"{f}={v}" for f, v in pairs]
   return results
 
@@ -186,7 +204,7 @@ def main(argv):
   classifier = SemanticClassifier.load(FLAGS.workdir)
   judge = pipeline.load_checkpoint(FLAGS.judge_workdir) if FLAGS.judge_workdir else None
   train_refs, _ = e2e_pairs(pipe.config.data, "train")
-  test_refs, test_mrs = e2e_pairs(pipe.config.data, "test")
+  test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)
   known_bigrams = text_metrics.bigram_set(train_refs)
   sections = {
       "semantic": lambda: semantic(pipe, classifier, test_mrs, known_bigrams, judge),
@@ -200,9 +218,9 @@ def main(argv):
       "settings": {"workdir": os.path.abspath(FLAGS.workdir), "diffusion_step": pipe.step,
                    "classifier": classifier.info, "steps": FLAGS.steps, "sampler": pipe.config.sample.sampler,
                    "clamp": pipe.config.sample.clamp, "per_target": FLAGS.per_target,
-                   "per_length": FLAGS.per_length, "guidance": {"weight": FLAGS.guidance_weight,
-                                                                "step_size": FLAGS.guidance_step_size,
-                                                                "adagrad_steps": FLAGS.guidance_steps},
+                   "per_length": FLAGS.per_length, "best_of": FLAGS.best_of, "split": FLAGS.split,
+                   "guidance": {"weight": FLAGS.guidance_weight, "step_size": FLAGS.guidance_step_size,
+                                "adagrad_steps": FLAGS.guidance_steps},
                    "seed": FLAGS.seed, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                    "wall_seconds": round(time.perf_counter() - started, 1)},
       "paper": PAPER,

@@ -152,20 +152,21 @@ class AutoregressivePipeline:
 
   def sample(self, num_samples: int = 8, steps: int | None = None, seed: int = 0, sampler: str | None = None,
              clamp: bool | None = None, *, length: int | None = None, guidance=None, mbr: int | None = None,
-             temperature: float = 1.0) -> list[str]:
+             best_of: int | None = None, temperature: float = 1.0) -> list[str]:
     """`num_samples` texts; the same seed and temperature give the same texts."""
     del steps, sampler, clamp  # Diffusion-only.
-    self._check_unsupported(length=length, guidance=guidance, mbr=mbr)
+    self._check_unsupported(length=length, guidance=guidance, mbr=mbr, best_of=best_of)
     return self.decode(self.sample_tokens(num_samples, seed, temperature))
 
   def infill(self, template: str | None = None, num_samples: int = 1, steps: int | None = None, seed: int = 0,
              sampler: str | None = None, clamp: bool | None = None, *, prefix: str | None = None,
              suffix: str | None = None, anchors=None, length: int | None = None, guidance=None,
-             mbr: int | None = None, temperature: float = 1.0, **unused) -> list[str]:
+             mbr: int | None = None, best_of: int | None = None, temperature: float = 1.0,
+             **unused) -> list[str]:
     """Continues `prefix` (the one control a left-to-right model supports directly)."""
     del steps, sampler, clamp, unused
     self._check_unsupported(infill=template, suffix=suffix, anchor=anchors or None, length=length,
-                            guidance=guidance, mbr=mbr)
+                            guidance=guidance, mbr=mbr, best_of=best_of)
     prefix_ids = control.encode_words(self.tokenizer, prefix, "the prefix") if prefix else None
     return self.decode(self.sample_tokens(num_samples, seed, temperature, prefix_ids))
 

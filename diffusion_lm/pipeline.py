@@ -102,26 +102,29 @@ class Pipeline:
 
   def sample(self, num_samples: int = 8, steps: int | None = None, seed: int = 0,
              sampler: str | None = None, clamp: bool | None = None, *, length: int | None = None,
-             guidance=None, mbr: int | None = None) -> list[str]:
+             guidance=None, mbr: int | None = None, best_of: int | None = None) -> list[str]:
     """`num_samples` texts; same seed and settings give the same texts.
 
     Args:
       length: exact number of tokens (EOS pinned at that position, PAD after).
       guidance: `["food=Italian", ...]` (the workdir's semantic classifier) or a `Guidance`.
       mbr: draw this many candidates per sample and keep the minimum-Bayes-risk one.
+      best_of: draw this many guided candidates per sample and keep the one the guidance's
+        scorer rates highest on its finished text (log p(c | E[w], t=0)); needs `guidance`.
 
     Example:
-      >>> pipe.sample(4, length=12, guidance=["food=Italian", "area=riverside"])
+      >>> pipe.sample(4, length=12, guidance=["food=Italian", "area=riverside"], best_of=4)
     """
-    if length is None and guidance is None and mbr is None:
+    if length is None and guidance is None and mbr is None and best_of is None:
       return self.decode(self.sample_tokens(num_samples, steps, seed, sampler, clamp))
-    return self.infill(None, num_samples, steps, seed, sampler, clamp, length=length, guidance=guidance, mbr=mbr)
+    return self.infill(None, num_samples, steps, seed, sampler, clamp, length=length, guidance=guidance, mbr=mbr,
+                       best_of=best_of)
 
   def infill(self, template: str | None = None, num_samples: int = 1, steps: int | None = None, seed: int = 0,
              sampler: str | None = None, clamp: bool | None = None, *, prefix: str | None = None,
              suffix: str | None = None, anchors: dict[int, str] | None = None, length: int | None = None,
              blank: str = control.DEFAULT_BLANK, max_blank_len: int = control.DEFAULT_MAX_BLANK_LEN,
-             guidance=None, mbr: int | None = None) -> list[str]:
+             guidance=None, mbr: int | None = None, best_of: int | None = None) -> list[str]:
     """Writes around pinned words: a template with blanks, a prefix/suffix, words at positions.
 
     Pinned tokens are re-imposed at every step (x̂0 = E[w] there), so they appear exactly where
@@ -135,11 +138,12 @@ class Pipeline:
     """
     plan = control.build_plan(self.tokenizer, self.config.data.seq_len, template, prefix=prefix, suffix=suffix,
                               anchors=anchors, length=length, blank=blank, max_blank_len=max_blank_len)
-    return self._generate(plan, num_samples, steps, seed, sampler, clamp, guidance=guidance, mbr=mbr)
+    return self._generate(plan, num_samples, steps, seed, sampler, clamp, guidance=guidance, mbr=mbr,
+                          best_of=best_of)
 
   def edit(self, text: str, strength: float, num_samples: int = 1, steps: int | None = None, seed: int = 0,
            sampler: str | None = None, clamp: bool | None = None, *, keep=(), guidance=None,
-           mbr: int | None = None) -> list[str]:
+           mbr: int | None = None, best_of: int | None = None) -> list[str]:
     """Rewrites a draft: noise its embeddings to time t* = `strength`, then denoise from there.
 
     Strength 0 adds no noise and returns the draft; 1 starts from pure noise (a new sample). The
@@ -163,7 +167,7 @@ class Pipeline:
     plan = control.Plan(draft_L, mask_L, np.zeros(seq_len, bool), None)
     full_steps = steps or self.config.sample.steps
     return self._generate(plan, num_samples, max(1, round(full_steps * strength)), seed, sampler, clamp,
-                          guidance=guidance, mbr=mbr, drafts=draft_L, start_time=strength)
+                          guidance=guidance, mbr=mbr, best_of=best_of, drafts=draft_L, start_time=strength)
 
   def guidance(self, controls, fluency_weight: float = 0.01, step_size: float = 0.1, num_steps: int = 3):
     """A `Guidance` towards `["food=Italian", ...]` from the workdir's semantic classifier.
@@ -248,20 +252,27 @@ class Pipeline:
             for i, text in enumerate(texts)]
 
   def _generate(self, plans, num_samples: int, steps: int | None, seed: int, sampler, clamp, *,
-                guidance=None, mbr: int | None = None, drafts=None, start_time: float = 1.0) -> list[str]:
-    """Samples `num_samples` texts (each the MBR pick of `mbr` candidates) under constraints.
+                guidance=None, mbr: int | None = None, best_of: int | None = None, drafts=None,
+                start_time: float = 1.0) -> list[str]:
+    """Samples `num_samples` texts under constraints, each picked from `mbr` or `best_of` candidates.
 
     Args:
       plans: one `control.Plan` for every sample, or a list with one per sample.
       guidance: `["field=value", ...]` or a `Guidance` (targets [1 or num_samples, C, 2]).
+      best_of: keep the candidate the guidance's scorer rates highest on its finished text.
       drafts: token rows to start from at `start_time` (editing): [L] or [num_samples, L].
     """
-    if num_samples < 1 or (mbr is not None and mbr < 1):
-      raise control.ControlError("num_samples and mbr must be >= 1")
+    if num_samples < 1 or any(n is not None and n < 1 for n in (mbr, best_of)):
+      raise control.ControlError("num_samples, mbr and best_of must be >= 1")
+    if mbr is not None and best_of is not None:
+      raise control.ControlError("choose one way to pick among candidates: mbr (consensus) or best_of (control score)")
+    if best_of is not None and guidance is None:
+      raise control.ControlError("best_of ranks candidates by the control's score: give guidance too "
+                                 "(e.g. guidance=['food=Italian']), or use mbr")
     plans = [plans] * num_samples if isinstance(plans, control.Plan) else list(plans)
     if len(plans) != num_samples:
       raise ValueError(f"{len(plans)} plans for {num_samples} samples")
-    copies = mbr or 1
+    copies = mbr or best_of or 1
     row_plans = [plan for plan in plans for _ in range(copies)]  # Candidates of a sample are adjacent.
     batch = len(row_plans)
     inputs = {}
@@ -284,7 +295,27 @@ class Pipeline:
     texts = [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(row_plans, rows)]
     if copies == 1:
       return texts
+    if best_of is not None:
+      scores = self.control_scores(inputs["guidance"], [plan.content_ids(row) for plan, row in zip(row_plans, rows)])
+      return [texts[i * copies + int(np.argmax(scores[i * copies:(i + 1) * copies]))] for i in range(num_samples)]
     return [self.mbr(texts[i * copies:(i + 1) * copies]) for i in range(num_samples)]
+
+  def control_scores(self, guide, texts_or_ids) -> np.ndarray:
+    """log p(c | E[w], t=0) per text: how strongly a `Guidance`'s scorer sees its control in finished text.
+
+    Each text is laid out as in training (tokens, EOS, PAD) and scored at t = 0; `guide`'s targets
+    are [1, C, 2] (every text) or one row per text.
+
+    Example:
+      >>> pipe.control_scores(pipe.guidance(["food=Italian"]), ["An Italian pub .", "A pub ."])
+    """
+    seq_len = self.config.data.seq_len
+    rows_BL = np.full((len(texts_or_ids), seq_len), self.tokenizer.pad_id, np.int32)
+    for row, item in zip(rows_BL, texts_or_ids):
+      ids = list(self.tokenizer.encode(item) if isinstance(item, str) else item)[:seq_len - 1]
+      row[:len(ids)], row[len(ids)] = ids, self.tokenizer.eos_id
+    clean_BLD = bind_denoiser(self.model, self.params).embed(jnp.asarray(rows_BL))
+    return np.asarray(guide.log_prob(clean_BLD, jnp.zeros(len(rows_BL))))
 
 
 class LoadedCheckpoint(NamedTuple):

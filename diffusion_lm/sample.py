@@ -6,6 +6,7 @@ Example:
   python -m diffusion_lm.sample --workdir=/tmp/e2e --infill="The Eagle is a __ __ near __ ."
   python -m diffusion_lm.sample --workdir=/tmp/e2e --edit="The Eagle are a cheap pub." --strength=0.4
   python -m diffusion_lm.sample --workdir=/tmp/e2e --length=12 --control=food=Italian --mbr=4
+  python -m diffusion_lm.sample --workdir=/tmp/e2e --control=priceRange=cheap --best_of=4
 """
 
 import os
@@ -42,13 +43,15 @@ def main(argv):
     guidance = pipe.guidance(FLAGS.control, FLAGS.guidance_weight, FLAGS.guidance_step_size, FLAGS.guidance_steps)
   if FLAGS.edit is not None:
     keep = [int(k) if k.isdigit() else k for k in FLAGS.keep]
-    lines = pipe.edit(FLAGS.edit, FLAGS.strength, *args, keep=keep, guidance=guidance, mbr=FLAGS.mbr)
+    lines = pipe.edit(FLAGS.edit, FLAGS.strength, *args, keep=keep, guidance=guidance, mbr=FLAGS.mbr,
+                      best_of=FLAGS.best_of)
   elif FLAGS.infill or FLAGS.prefix or FLAGS.suffix or FLAGS.anchor:
     lines = pipe.infill(FLAGS.infill, *args, prefix=FLAGS.prefix, suffix=FLAGS.suffix,
                         anchors=control.parse_anchor_specs(FLAGS.anchor), length=FLAGS.length, blank=FLAGS.blank,
-                        guidance=guidance, mbr=FLAGS.mbr, **ar_options)
+                        guidance=guidance, mbr=FLAGS.mbr, best_of=FLAGS.best_of, **ar_options)
   else:
-    lines = pipe.sample(*args, length=FLAGS.length, guidance=guidance, mbr=FLAGS.mbr, **ar_options)
+    lines = pipe.sample(*args, length=FLAGS.length, guidance=guidance, mbr=FLAGS.mbr, best_of=FLAGS.best_of,
+                        **ar_options)
   print("\n".join(lines))
   if FLAGS.output:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
@@ -83,6 +86,8 @@ def run():
   flags.DEFINE_float("guidance_step_size", 0.1, "Adagrad step size of guidance.")
   flags.DEFINE_integer("guidance_steps", 3, "Adagrad steps per diffusion step.")
   flags.DEFINE_integer("mbr", None, "Draw N candidates per sample and print the minimum-Bayes-risk one.")
+  flags.DEFINE_integer("best_of", None, "With --control: draw N guided candidates per sample and print the "
+                       "one the classifier rates highest on its finished text.")
   flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1).")
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)

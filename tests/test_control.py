@@ -92,6 +92,16 @@ def test_guidance_raises_the_classifier_score(pipe, workdir):
   assert guided_score > unguided_score + 0.05, (guided_score, unguided_score)
 
 
+def test_best_of_keeps_the_candidate_the_classifier_rates_highest(pipe):
+  guide = pipe.guidance(["food=Italian"], fluency_weight=0.001, step_size=0.5)
+  # best_of=4 for one sample draws the same 4 rows as 4 samples with the same seed and steps.
+  candidates = pipe.sample(4, steps=5, seed=7, guidance=guide)
+  chosen = pipe.sample(1, steps=5, seed=7, guidance=guide, best_of=4)[0]
+  scores = pipe.control_scores(guide, candidates)
+  assert chosen in candidates and len(set(np.round(scores, 4))) > 1, (candidates, scores)
+  assert pipe.control_scores(guide, [chosen])[0] == pytest.approx(scores.max(), abs=1e-4), (chosen, candidates, scores)
+
+
 @pytest.mark.parametrize("call, needles", [
     (lambda p: p.infill(" ".join(["__"] * 40), steps=2), ["need 40 positions", "holds 15"]),
     (lambda p: p.infill(anchors={20: "pub"}, steps=2), ["need 21 positions"]),
@@ -101,6 +111,8 @@ def test_guidance_raises_the_classifier_score(pipe, workdir):
     (lambda p: p.sample(2, steps=2, length=99), ["length=99"]),
     (lambda p: p.guidance(["cuisine=Italian"]), ["unknown control field 'cuisine'", "food"]),
     (lambda p: p.guidance(["food=Klingon"]), ["unknown value 'Klingon' for food", "Italian"]),
+    (lambda p: p.sample(2, steps=2, best_of=2), ["best_of", "give guidance"]),
+    (lambda p: p.sample(2, steps=2, guidance=["food=Italian"], best_of=2, mbr=2), ["mbr", "best_of"]),
 ])
 def test_bad_input_is_one_clear_line(pipe, call, needles):
   from diffusion_lm.errors import UserError
