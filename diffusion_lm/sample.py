@@ -34,10 +34,13 @@ def main(argv):
   args = (FLAGS.num_samples, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp)
   ar_options = {}  # Autoregressive workdirs: KV-cached decoding (diffusion_lm/decoding.py).
   if FLAGS.temperature is not None:
-    if isinstance(pipe, pipeline.Pipeline):
-      raise cli.UserError("--temperature is for autoregressive workdirs; a diffusion model's score "
-                          "temperature is --config sample.temperature at training time")
-    ar_options["temperature"] = FLAGS.temperature
+    if not isinstance(pipe, pipeline.Pipeline):
+      ar_options["temperature"] = FLAGS.temperature
+    elif FLAGS.temperature < 1e-3:
+      raise cli.UserError(f"--temperature={FLAGS.temperature}: a diffusion model's score temperature must be "
+                          ">= 0.001 (x0 = softmax(logits / temperature) E; 1 is the model's own)")
+    else:
+      pipe.config.sample.temperature = FLAGS.temperature
   guidance = None
   if FLAGS.control:
     guidance = pipe.guidance(FLAGS.control, FLAGS.guidance_weight, FLAGS.guidance_step_size, FLAGS.guidance_steps)
@@ -88,7 +91,8 @@ def run():
   flags.DEFINE_integer("mbr", None, "Draw N candidates per sample and print the minimum-Bayes-risk one.")
   flags.DEFINE_integer("best_of", None, "With --control: draw N guided candidates per sample and print the "
                        "one the classifier rates highest on its finished text.")
-  flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1).")
+  flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1); "
+                     "diffusion workdirs: score temperature (default: the config's sample.temperature).")
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)
 

@@ -134,3 +134,13 @@ def test_sample_binary_controls(workdir):
   assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["The", "The"]
   result = run("--infill=The Zyzzyva is __ .")
   assert result.returncode == 2 and "Traceback" not in result.stderr and "'Zyzzyva'" in result.stderr
+  # Guidance with the classifier's pick of 2, at a score temperature set from the command line.
+  result = run("--control=food=Italian", "--best_of=2", "--temperature=0.7", "--num_samples=2", "--seed=4")
+  assert result.returncode == 0, result.stderr[-2000:]
+  import diffusion_lm
+  pipe = diffusion_lm.load(workdir)
+  pipe.config.sample.temperature = 0.7
+  expected = pipe.sample(2, steps=3, seed=4, guidance=["food=Italian"], best_of=2)
+  assert result.stdout.strip().splitlines() == expected
+  result = run("--temperature=0")  # Greedy is an autoregressive notion; a score temperature must be > 0.
+  assert result.returncode == 2 and "Traceback" not in result.stderr and "score temperature" in result.stderr
