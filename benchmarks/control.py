@@ -6,7 +6,8 @@ Protocol (Li et al. 2022, §7, adapted where stated):
     because the test set's names never occur in training, familyFriendly because its values
     "yes"/"no" are not words of the text), draw `--per_target` samples with classifier guidance
     towards the pair; success = the value's words appear contiguously in the output
-    (case-insensitive). The same samples without guidance give the chance rate. With
+    (case-insensitive). The same samples without guidance give the chance rate, and the human
+    references of MRs with the pair, scored the same way, a reference rate. With
     `--best_of=N` every target gets N× the samples: "guided" is then the success of all of them
     (one sample's chance, better estimated) and "guided_best_of_N" that of the sample the
     classifier rates highest in each group of N (Pipeline's `best_of`).
@@ -90,7 +91,22 @@ def fluency(texts, known_bigrams, judge):
   return result
 
 
-def semantic(pipe, classifier, test_mrs, known_bigrams, judge):
+def reference_success(pairs, refs, mrs):
+  """The criterion applied to the human references: per pair, the fraction of references of MRs
+  with that pair that contain the value; averaged over pairs as the samples are (equal weight)."""
+  hits = collections.defaultdict(list)
+  for ref, mr in zip(refs, mrs):
+    for pair in parse_mr(mr).items():
+      hits[pair].append(text_metrics.contains_phrase(ref, pair[1]))
+  per_pair = {pair: float(np.mean(hits[pair])) for pair in pairs}
+  per_field = collections.defaultdict(list)
+  for (field, _), rate in per_pair.items():
+    per_field[field].append(rate)
+  return {"success": round(100 * float(np.mean(list(per_pair.values()))), 1),
+          "per_field": {f: round(100 * float(np.mean(r)), 1) for f, r in per_field.items()}}
+
+
+def semantic(pipe, classifier, test_refs, test_mrs, known_bigrams, judge):
   pairs = sorted({(f, v) for mr in test_mrs for f, v in parse_mr(mr).items() if f in FIELDS})
   rows = [pair for pair in pairs for _ in range(FLAGS.per_target)]
   free = control.free_plan(pipe.config.data.seq_len)
@@ -106,7 +122,7 @@ def semantic(pipe, classifier, test_mrs, known_bigrams, judge):
             **fluency(texts, known_bigrams, judge), "seconds": round(seconds, 1),
             "examples": [f"[{f}={v}] {t}" for t, (f, v) in list(zip(texts, rows))[::step][:8]]}
 
-  results = {}
+  results = {"references": reference_success(pairs, test_refs, test_mrs)}
   for name in ("guided", "unguided") if FLAGS.unguided else ("guided",):
     n = FLAGS.best_of if name == "guided" else 1
     sample_rows = [pair for pair in rows for _ in range(n)]  # A row's n candidates are adjacent.
@@ -207,7 +223,7 @@ def main(argv):
   test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)
   known_bigrams = text_metrics.bigram_set(train_refs)
   sections = {
-      "semantic": lambda: semantic(pipe, classifier, test_mrs, known_bigrams, judge),
+      "semantic": lambda: semantic(pipe, classifier, test_refs, test_mrs, known_bigrams, judge),
       "length": lambda: length(pipe, known_bigrams, judge),
       "infill": lambda: infill(pipe, test_refs, test_mrs, known_bigrams, judge),
       "editing": lambda: editing(pipe, test_refs),
