@@ -9,8 +9,8 @@ Protocol (Li et al. 2022, §7, adapted where stated):
     (case-insensitive). The same samples without guidance give the chance rate, and the human
     references of MRs with the pair, scored the same way, a reference rate. With
     `--best_of=N` every target gets N× the samples: "guided" is then the success of all of them
-    (one sample's chance, better estimated) and "guided_best_of_N" that of the sample the
-    classifier rates highest in each group of N (Pipeline's `best_of`).
+    (one sample's chance, better estimated) and "guided_best_of_k" that of the sample the
+    classifier rates highest among the first k of each group (Pipeline's `best_of`), k = 2, 4, … N.
   - Length: targets 10..40 tokens, `--per_length` samples each, EOS pinned at the target;
     success = the output has target ± 2 tokens (and exact, reported too).
   - Infilling: the first reference of `--num_infill` test MRs; its middle third of words is
@@ -134,11 +134,12 @@ def semantic(pipe, classifier, test_refs, test_mrs, known_bigrams, judge):
     started = time.perf_counter()
     texts = batched(pipe, [free] * len(sample_rows), guidance_fn=guidance_fn)
     results[name] = summary(texts, sample_rows, time.perf_counter() - started)
-    if n > 1:
+    if n > 1:  # Best of k for k = 2, 4, ... n: the first k candidates of each group of n.
       every_row = classifier.guidance([[pair] for pair in sample_rows], len(sample_rows))
-      best_RN = np.argmax(pipe.control_scores(every_row, texts).reshape(len(rows), n), axis=1)
-      picks = [texts[i * n + int(best)] for i, best in enumerate(best_RN)]
-      results[f"{name}_best_of_{n}"] = summary(picks, rows, time.perf_counter() - started)
+      scores_RN = pipe.control_scores(every_row, texts).reshape(len(rows), n)
+      for k in sorted({*(2 ** i for i in range(1, n.bit_length())), n}):
+        picks = [texts[i * n + int(np.argmax(row[:k]))] for i, row in enumerate(scores_RN)]
+        results[f"{name}_best_of_{k}"] = summary(picks, rows, time.perf_counter() - started)
   results["targets"] = [f"{f}={v}" for f, v in pairs]
   return results
 
