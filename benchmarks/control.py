@@ -42,6 +42,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusion_lm import control, pipeline, text_metrics  # noqa: E402
+from diffusion_lm.diffusion import guidance as guidance_lib  # noqa: E402
 from diffusion_lm.train_classifier import SemanticClassifier, e2e_pairs, parse_mr  # noqa: E402
 
 FIELDS = ("eatType", "food", "priceRange", "customer rating", "area")
@@ -55,9 +56,9 @@ flags.DEFINE_integer("per_length", 4, "Samples per length target.")
 flags.DEFINE_integer("num_infill", 64, "Test references to infill.")
 flags.DEFINE_integer("mbr", 4, "Candidates for MBR infilling (0 skips it).")
 flags.DEFINE_integer("num_edit", 32, "Test references to edit per strength.")
-flags.DEFINE_float("guidance_weight", 0.01, "λ (fluency weight).")
-flags.DEFINE_float("guidance_step_size", 0.1, "Adagrad step size.")
-flags.DEFINE_integer("guidance_steps", 3, "Adagrad steps per diffusion step.")
+flags.DEFINE_float("guidance_weight", guidance_lib.FLUENCY_WEIGHT, "λ (fluency weight).")
+flags.DEFINE_float("guidance_step_size", guidance_lib.STEP_SIZE, "Adagrad step size.")
+flags.DEFINE_integer("guidance_steps", guidance_lib.NUM_STEPS, "Adagrad steps per diffusion step.")
 flags.DEFINE_integer("best_of", 1, "Semantic: also report picking the classifier's favourite of N guided samples.")
 flags.DEFINE_integer("batch_size", 96, "Rows per sampler call.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")

@@ -17,6 +17,7 @@ import numpy as np
 
 from diffusion_lm import checkpoint, config_utils, control, parallel, text_metrics
 from diffusion_lm.data.tokenizer import Tokenizer
+from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.diffusion import samplers, schedules
 from diffusion_lm.diffusion.model_fns import bind_denoiser
 from diffusion_lm.errors import CheckpointError
@@ -169,11 +170,12 @@ class Pipeline:
     return self._generate(plan, num_samples, max(1, round(full_steps * strength)), seed, sampler, clamp,
                           guidance=guidance, mbr=mbr, best_of=best_of, drafts=draft_L, start_time=strength)
 
-  def guidance(self, controls, fluency_weight: float = 0.01, step_size: float = 0.1, num_steps: int = 3):
+  def guidance(self, controls, fluency_weight: float = guidance_lib.FLUENCY_WEIGHT,
+               step_size: float = guidance_lib.STEP_SIZE, num_steps: int = guidance_lib.NUM_STEPS):
     """A `Guidance` towards `["food=Italian", ...]` from the workdir's semantic classifier.
 
     Example:
-      >>> guide = pipe.guidance(["food=Italian"], fluency_weight=0.01, step_size=0.1)
+      >>> guide = pipe.guidance(["food=Italian"], fluency_weight=0.01, step_size=0.1, num_steps=3)  # Diffusion-LM's
       >>> pipe.sample(4, guidance=guide)
     """
     from diffusion_lm.train_classifier import SemanticClassifier

@@ -85,9 +85,11 @@ def run():
   flags.DEFINE_multi_string("keep", [], "With --edit: a word (or 0-based position) of the draft to keep.")
   flags.DEFINE_multi_string("control", [], "FIELD=VALUE for classifier guidance, e.g. food=Italian (repeatable); "
                             "needs python -m diffusion_lm.train_classifier --workdir=WORKDIR first.")
-  flags.DEFINE_float("guidance_weight", 0.01, "λ, the weight of fluency log p(z_s | z_t) in guidance.")
-  flags.DEFINE_float("guidance_step_size", 0.1, "Adagrad step size of guidance.")
-  flags.DEFINE_integer("guidance_steps", 3, "Adagrad steps per diffusion step.")
+  from diffusion_lm.diffusion import guidance as guidance_lib
+  flags.DEFINE_float("guidance_weight", guidance_lib.FLUENCY_WEIGHT,
+                     "λ, the weight of fluency log p(z_s | z_t) in guidance (Diffusion-LM: 0.01).")
+  flags.DEFINE_float("guidance_step_size", guidance_lib.STEP_SIZE, "Adagrad step size of guidance (Diffusion-LM: 0.1).")
+  flags.DEFINE_integer("guidance_steps", guidance_lib.NUM_STEPS, "Adagrad steps per diffusion step (Diffusion-LM: 3).")
   flags.DEFINE_integer("mbr", None, "Draw N candidates per sample and print the minimum-Bayes-risk one.")
   flags.DEFINE_integer("best_of", None, "With --control: draw N guided candidates per sample and print the "
                        "one the classifier rates highest on its finished text.")

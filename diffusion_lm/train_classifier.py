@@ -127,8 +127,9 @@ class SemanticClassifier:
     targets[..., 1] = np.maximum(targets[..., 1], 0)
     return targets
 
-  def guidance(self, specs_or_pairs, batch_size: int, fluency_weight: float = 0.01, step_size: float = 0.1,
-               num_steps: int = 3) -> guidance_lib.Guidance:
+  def guidance(self, specs_or_pairs, batch_size: int, fluency_weight: float = guidance_lib.FLUENCY_WEIGHT,
+               step_size: float = guidance_lib.STEP_SIZE,
+               num_steps: int = guidance_lib.NUM_STEPS) -> guidance_lib.Guidance:
     """Guidance towards `["food=Italian", ...]` (or parsed pairs, or one list per row).
 
     Example:
