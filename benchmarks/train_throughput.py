@@ -14,7 +14,8 @@ synthetic batch of token ids (the data pipeline is not timed; its host work over
     diffusion_lm/flops.py for every term), and the peak is a [2048, 2048] matmul in the config's
     compute dtype timed in this process, on the same devices, right before the step timing;
   - memory: XLA's static plan of the compiled step (arguments + outputs − donated aliases +
-    temporaries), the allocator's peak on GPU/TPU, and the process's peak RSS;
+    temporaries; the table's column), the allocator's peak on GPU/TPU (JSON only: it is the
+    process's peak so far, i.e. the largest config timed yet), and the process's peak RSS;
   - the same MFU in this process's CPU time (step CPU-seconds against the matmul's FLOPs per
     CPU-second), which other processes on a shared machine disturb much less than wall time;
   - the 1-minute load average before and after the timing (the CPU machine is shared).
@@ -119,12 +120,14 @@ def benchmark_config(config, label: str, steps: int, warmup: int, peak_size: int
 
 
 HEADER = ("| config | params | tokens/s | step (median) | model GFLOP/step | achieved GFLOP/s | "
-          "peak GFLOP/s | MFU | MFU (CPU time) | XLA peak memory | RSS | load avg |")
+          "peak GFLOP/s | MFU | MFU (CPU time) | XLA memory plan | RSS | load avg |")
 
 
 def format_row(row: dict) -> str:
   """One markdown table row."""
-  memory = row.get("device_peak_bytes") or row.get("peak_bytes_estimate")
+  # XLA's static plan, not the allocator's peak: that peak is the process's, so every config
+  # timed after a bigger one would show the bigger one's figure.
+  memory = row.get("peak_bytes_estimate") or row.get("device_peak_bytes")
   memory_text = f"{memory / 2**20:,.0f} MiB" if memory else "n/a"
   return (f"| {row['config']} | {row['params_millions']:.1f}M | {row['tokens_per_second']:,.0f} | "
           f"{row['step_seconds_median'] * 1e3:,.0f} ms | {row['model_flops_per_step'] / 1e9:,.1f} | "
