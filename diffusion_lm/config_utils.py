@@ -111,29 +111,6 @@ def _flat_items(tree: dict, prefix: str = ""):
       yield f"{prefix}{key}", value
 
 
-def check_data_files(data_config, splits: tuple[str, ...] = ("train", "validation")) -> None:
-  """Raises DataError unless every split in `splits` has readable, non-blank, UTF-8 text files.
-
-  Only for `data.name="text_files"` (the bundled corpora need no check). Reads each file once,
-  so a bad byte is reported with its file and line before any work starts, not halfway through
-  building the dataset.
-
-  Example:
-    >>> check_data_files(config.data)   # DataError: /data/a.txt, line 7: byte b'\xff' ... is not UTF-8
-  """
-  if data_config.name != "text_files":
-    return
-  from diffusion_lm.data import datasets  # Imported here: it pulls in tfds.
-  split_files = datasets._configured_text_files(data_config)  # Exists and non-empty, or DataError.
-  for split in splits:
-    if split not in split_files:
-      raise datasets.DataError(f"no {split} files configured; set --config.data.{split}_files=PATH[,PATH...]")
-    for path in split_files[split]:
-      non_blank_lines = sum(1 for _ in datasets.read_text_lines(path))  # Raises at a non-UTF-8 line.
-      if not non_blank_lines:
-        raise datasets.DataError(f"{path}: has only blank lines; fix --config.data.{split}_files")
-
-
 def to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 

@@ -1,7 +1,11 @@
-"""User-facing errors: each carries one line naming the problem and the fix.
+"""Every error the project raises on purpose, in one place: the bottom layer, imported by all.
 
-Binaries catch `UserError` (and the data layer's errors) at the top and exit with status 2 and
-that line instead of a traceback.
+`UserError` is bad input (a config value, a path, a file, a checkpoint that does not fit); its
+message is one line naming the problem and the fix, and the binaries (cli.run) print it and exit 2
+instead of a traceback. The other two are failures of a run, not of its input (exit 3 and 1).
+
+Example:
+  >>> raise ConfigError("--config.model.d_model=0 is out of range; it must be >= 1")
 """
 
 
@@ -15,6 +19,14 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint is missing, corrupt, or does not match the model being built."""
+
+
+class DataError(UserError, ValueError):
+  """A dataset is misconfigured or its files are unreadable; the message says what to fix."""
+
+
+class UnencodableTextError(UserError, ValueError):
+  """Text contains words the tokenizer maps to unk (raised by `Tokenizer.encode_strict`)."""
 
 
 class TrainingDivergedError(Exception):

@@ -173,7 +173,7 @@ def _train(config, workdir: str, preemption: checkpoint.PreemptionWatcher) -> di
   mesh = parallel.make_mesh(config.mesh)  # Bad mesh sizes, rules or batch sizes fail before any work.
   rules = parallel.logical_rules(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
-  config_utils.check_data_files(config.data)  # Missing, empty, blank or non-UTF-8 files: one line, exit 2.
+  datasets.check_data_files(config.data)  # Missing, empty, blank or non-UTF-8 files: one line, exit 2.
   check_workdir_writable(workdir)
   train_texts = datasets.load_texts(config.data, "train")
   tokenizer = load_or_train_tokenizer(workdir, config.data, train_texts)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lm.diffusion import objectives, samplers, schedules
+from diffusion_lm.diffusion import objectives, process, samplers, schedules
 from diffusion_lm.diffusion.model_fns import DenoiserFns, bind_denoiser
 from diffusion_lm.models.denoiser import Denoiser
 
@@ -16,7 +16,7 @@ def test_schedule_is_decreasing_and_variance_preserving(name):
   steps = np.diff(np.asarray(log_snr))
   assert np.all(steps <= 0), "log-SNR must not increase in t"
   assert np.all(steps[:990] < 0), "strictly decreasing away from the clipped end"
-  alpha, sigma = schedules.alpha_sigma(log_snr)
+  alpha, sigma = process.alpha_sigma(log_snr)
   np.testing.assert_allclose(alpha**2 + sigma**2, 1.0, atol=1e-6)
   assert alpha[0] > 0.99 and alpha[-1] < 0.01, "nearly clean at t=0, nearly pure noise at t=1"
 
@@ -91,8 +91,8 @@ def test_ddim_step_is_exact_for_a_perfect_prediction():
   x0 = jax.random.normal(jax.random.key(1), (2, 3, 4))
   eps = jax.random.normal(jax.random.key(2), (2, 3, 4))
   log_snr_t, log_snr_s = jnp.asarray(-1.0), jnp.asarray(2.0)
-  alpha_t, sigma_t = schedules.alpha_sigma(log_snr_t)
-  alpha_s, sigma_s = schedules.alpha_sigma(log_snr_s)
+  alpha_t, sigma_t = process.alpha_sigma(log_snr_t)
+  alpha_s, sigma_s = process.alpha_sigma(log_snr_s)
   stepped = samplers.ddim_step(alpha_t * x0 + sigma_t * eps, x0, log_snr_t, log_snr_s, None)
   np.testing.assert_allclose(stepped, alpha_s * x0 + sigma_s * eps, atol=1e-5)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_lm.diffusion import likelihood, schedules
+from diffusion_lm.diffusion import likelihood, process, schedules
 from diffusion_lm.diffusion.model_fns import DenoiserFns
 
 VOCAB, DIM, LENGTH, BATCH = 6, 3, 5, 4
@@ -55,14 +55,15 @@ def test_gaussian_kl_matches_numerical_integral(mean_q, var_q, mean_p, var_p):
 @pytest.mark.parametrize("embedding_noise", [False, True])
 def test_posterior_kl_is_half_snr_difference_times_squared_error(schedule, embedding_noise):
   """KL(q(z_s|z_t,x) ‖ q(z_s|z_t,x̂)) from the Gaussian formula = ½ (SNR(s) − SNR(t)) ‖x − x̂‖²."""
-  marginal = likelihood.marginal_fn(schedules.get_schedule(schedule), embedding_noise)
+  marginal = process.marginal_fn(schedules.get_schedule(schedule), embedding_noise)
   keys = jax.random.split(jax.random.key(2), 3)
   x, x_hat, noisy = (jax.random.normal(k, (LENGTH, DIM)) for k in keys)
   for s, t in [(0.0, 0.05), (0.3, 0.31), (0.5, 0.9)]:
     alpha_s, sigma_s, log_snr_s = marginal(jnp.array(s))
     alpha_t, sigma_t, log_snr_t = marginal(jnp.array(t))
-    mean_q, var = likelihood.posterior_mean_variance(noisy, x, alpha_t, sigma_t, alpha_s, sigma_s)
-    mean_p, _ = likelihood.posterior_mean_variance(noisy, x_hat, alpha_t, sigma_t, alpha_s, sigma_s)
+    mean_q, std = process.posterior_mean_std(noisy, x, alpha_t, sigma_t, alpha_s, sigma_s)
+    mean_p, _ = process.posterior_mean_std(noisy, x_hat, alpha_t, sigma_t, alpha_s, sigma_s)
+    var = std ** 2
     kl = float(jnp.sum(likelihood.gaussian_kl(mean_q, var, mean_p, var)))
     expected = 0.5 * float(jnp.exp(log_snr_s) - jnp.exp(log_snr_t)) * float(jnp.sum((x - x_hat) ** 2))
     assert kl == pytest.approx(expected, rel=2e-3)
@@ -71,10 +72,10 @@ def test_posterior_kl_is_half_snr_difference_times_squared_error(schedule, embed
 def test_marginals_are_variance_preserving_unless_embedding_noise():
   schedule = schedules.get_schedule("sqrt")
   t = jnp.linspace(0.0, 1.0, 11)
-  alpha, sigma, log_snr = likelihood.marginal_fn(schedule)(t)
+  alpha, sigma, log_snr = process.marginal_fn(schedule)(t)
   np.testing.assert_allclose(alpha ** 2 + sigma ** 2, 1.0, rtol=1e-6)
   np.testing.assert_allclose(log_snr, schedule(t), rtol=1e-5)
-  noisy_alpha, noisy_sigma, _ = likelihood.marginal_fn(schedule, embedding_noise=True)(t)
+  noisy_alpha, noisy_sigma, _ = process.marginal_fn(schedule, embedding_noise=True)(t)
   sigma_0_sq = jax.nn.sigmoid(-schedule(0.0))  # Diffusion-LM's x0 noise, σ_0 ≈ 0.1 for sqrt.
   np.testing.assert_allclose(noisy_sigma ** 2, sigma ** 2 + alpha ** 2 * sigma_0_sq, rtol=1e-5)
   np.testing.assert_allclose(noisy_alpha, alpha, rtol=1e-6)

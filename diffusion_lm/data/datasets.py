@@ -28,6 +28,8 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
+from diffusion_lm.errors import DataError
+
 
 def _provide_importlib_resources() -> None:
   """tfds 4.9.10 imports `importlib_resources` for any builder defined outside tfds but does
@@ -67,10 +69,6 @@ _E2E_CITATION = """\
   year={2017},
   url={https://arxiv.org/abs/1706.09254},
 }"""
-
-
-class DataError(ValueError):
-  """A dataset is misconfigured or its files are unreadable; the message says what to fix."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +322,28 @@ def _load_tfds_texts(data_config: Any, split: str, data_dir: str | None) -> list
     raise DataError(f"tfds {name!r} has no {tfds_split!r} split (it has {', '.join(builder.info.splits)}); "
                     f"map it with --config.data.tfds_splits={split}=<one of those>")
   return _read_field(builder.as_data_source(tfds_split), data_config.get("tfds_text_field", "text"))
+
+
+def check_data_files(data_config, splits: tuple[str, ...] = ("train", "validation")) -> None:
+  """Raises DataError unless every split in `splits` has readable, non-blank, UTF-8 text files.
+
+  Only for `data.name="text_files"` (the bundled corpora need no check). Reads each file once,
+  so a bad byte is reported with its file and line before any work starts, not halfway through
+  building the dataset.
+
+  Example:
+    >>> check_data_files(config.data)   # DataError: /data/a.txt, line 7: byte b'\xff' ... is not UTF-8
+  """
+  if data_config.name != "text_files":
+    return
+  split_files = _configured_text_files(data_config)  # Exists and non-empty, or DataError.
+  for split in splits:
+    if split not in split_files:
+      raise DataError(f"no {split} files configured; set --config.data.{split}_files=PATH[,PATH...]")
+    for path in split_files[split]:
+      non_blank_lines = sum(1 for _ in read_text_lines(path))  # Raises at a non-UTF-8 line.
+      if not non_blank_lines:
+        raise DataError(f"{path}: has only blank lines; fix --config.data.{split}_files")
 
 
 def _configured_text_files(data_config: Any) -> dict[str, list[str]]:

@@ -17,6 +17,8 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from diffusion_lm.errors import UnencodableTextError
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("word", "unigram", "bpe")
 _WORD_BOUNDARY = "▁"  # sentencepiece's marker at the start of every word piece
@@ -27,10 +29,6 @@ _WORD_BOUNDARY = "▁"  # sentencepiece's marker at the start of every word piec
 # So "£20-25." -> "£ 20 - 25 .".
 _WORD_PATTERN = re.compile(r"<\w+>|'(?:s|re|ve|ll|d|m)\b|\d+(?:[.,]\d+)*|\w+(?:['’-]\w+)*|[^\w\s]",
                            re.IGNORECASE)
-
-
-class UnencodableTextError(ValueError):
-  """Text contains words the tokenizer maps to unk (raised by `Tokenizer.encode_strict`)."""
 
 
 def normalize_words(text: str) -> str:

@@ -31,6 +31,7 @@ import optax
 from flax import struct
 
 from diffusion_lm.diffusion import samplers
+from diffusion_lm.diffusion.process import alpha_sigma, posterior_mean_std
 
 # (params, z [B, L, d], t [B], targets) → log p(c | z, t) [B].
 LogProbFn = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
@@ -95,7 +96,7 @@ class Guidance:
 
   def step(self, step_fn, noisy_BLD, x0_BLD, log_snr_t, log_snr_s, s, rng):
     """A guided version of `step_fn` (samplers.ancestral_step or samplers.ddim_step)."""
-    mean_BLD, std = samplers.posterior_mean_std(noisy_BLD, x0_BLD, log_snr_t, log_snr_s)
+    mean_BLD, std = posterior_mean_std(noisy_BLD, x0_BLD, *alpha_sigma(log_snr_t), *alpha_sigma(log_snr_s))
     noise_std = std
     if step_fn is samplers.ddim_step:  # Deterministic: guide the DDIM point, add no noise.
       mean_BLD, noise_std = step_fn(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng), 0.0

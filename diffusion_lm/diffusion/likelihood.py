@@ -62,16 +62,14 @@ Example:
 """
 
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from diffusion_lm.diffusion.model_fns import DenoiserFns
+from diffusion_lm.diffusion.process import LogSnrFn, diffuse, marginal_fn
 
-LogSnrFn = Callable[[jax.Array], jax.Array]
 TERMS = ("prior", "diffusion", "reconstruction")
 TIME_SAMPLING = ("uniform", "log_snr")
 X0_ESTIMATES = ("network", "rounding")
@@ -85,25 +83,6 @@ def gaussian_kl(mean_q: jax.Array, var_q: jax.Array, mean_p: jax.Array, var_p: j
     Array(0., dtype=float32)
   """
   return 0.5 * (jnp.log(var_p) - jnp.log(var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1.0)
-
-
-def marginal_fn(log_snr_fn: LogSnrFn, embedding_noise: bool = False) -> Callable[[jax.Array], tuple]:
-  """t ↦ (α_t, σ_t, γ_t) of the forward process q(z_t | w) = N(α_t E[w], σ_t² I).
-
-  Plain: the schedule's variance-preserving α² = sigmoid(γ), σ² = sigmoid(−γ). With
-  `embedding_noise`, Diffusion-LM's x0 = E[w] + σ_0 ε0 is folded in: σ_t² += α_t² σ_0².
-
-  Example:
-    >>> alpha, sigma, log_snr = marginal_fn(get_schedule("sqrt"))(jnp.array([0.0, 1.0]))
-  """
-  def marginal(t):
-    log_snr = log_snr_fn(t)
-    alpha_sq, sigma_sq = jax.nn.sigmoid(log_snr), jax.nn.sigmoid(-log_snr)
-    if embedding_noise:
-      sigma_sq = sigma_sq + alpha_sq * jax.nn.sigmoid(-log_snr_fn(jnp.zeros_like(t)))
-      log_snr = jnp.log(alpha_sq) - jnp.log(sigma_sq)
-    return jnp.sqrt(alpha_sq), jnp.sqrt(sigma_sq), log_snr
-  return marginal
 
 
 def prior_kl(x, log_snr_fn: LogSnrFn, embedding_noise: bool = False) -> jax.Array:
@@ -123,19 +102,7 @@ def prior_kl(x, log_snr_fn: LogSnrFn, embedding_noise: bool = False) -> jax.Arra
   return 0.5 * (alpha_sq * x ** 2 + delta - jnp.log1p(delta))
 
 
-def posterior_mean_variance(noisy, x, alpha_t, sigma_t, alpha_s, sigma_s):
-  """Mean and variance of q(z_s | z_t, x), s < t, for any Gaussian diffusion (α, σ per time).
-
-  Example:
-    >>> mean, var = posterior_mean_variance(z_t, x, 0.5, 0.87, 0.9, 0.44)
-  """
-  alpha_ts = alpha_t / alpha_s
-  transition_var = sigma_t ** 2 - alpha_ts ** 2 * sigma_s ** 2
-  mean = (alpha_ts * sigma_s ** 2 / sigma_t ** 2) * noisy + (alpha_s * transition_var / sigma_t ** 2) * x
-  return mean, transition_var * sigma_s ** 2 / sigma_t ** 2
-
-
-def invert_log_snr(log_snr_of_t: Callable[[jax.Array], jax.Array], target: jax.Array, iterations: int = 40):
+def invert_log_snr(log_snr_of_t: LogSnrFn, target: jax.Array, iterations: int = 40):
   """t ∈ [0, 1] with γ(t) = target for a non-increasing γ, by bisection (works for any schedule)."""
   def body(_, bounds):
     low, high = bounds
@@ -214,7 +181,7 @@ def sequence_bounds(fns: DenoiserFns, tokens_BL: jax.Array, row_keys_B: jax.Arra
     u_B, noise_BLD = inputs
     t_B, weight_B = _times_and_weights(u_B, marginal, time_sampling, num_timesteps)
     alpha_B, sigma_B, _ = marginal(t_B)
-    noisy_BLD = alpha_B[:, None, None] * x_BLD + sigma_B[:, None, None] * noise_BLD
+    noisy_BLD = diffuse(x_BLD, alpha_B, sigma_B, noise_BLD)
     _, x0_BLD = _clean_estimate(fns, noisy_BLD, t_B, x0_estimate)
     weighted_BL = weight_B[:, None] * jnp.sum((x_BLD - x0_BLD.astype(jnp.float32)) ** 2, axis=-1)
     return jnp.stack([jnp.sum(weighted_BL, -1), jnp.sum(jnp.where(is_pad_BL, weighted_BL, 0.0), -1)])
@@ -229,7 +196,7 @@ def sequence_bounds(fns: DenoiserFns, tokens_BL: jax.Array, row_keys_B: jax.Arra
   def reconstruction_at(noise0_BLD):
     t_B = jnp.zeros((batch_size,))
     alpha_B, sigma_B, _ = marginal(t_B)
-    logits_BLV, _ = _clean_estimate(fns, alpha_B[:, None, None] * x_BLD + sigma_B[:, None, None] * noise0_BLD, t_B)
+    logits_BLV, _ = _clean_estimate(fns, diffuse(x_BLD, alpha_B, sigma_B, noise0_BLD), t_B)
     nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV.astype(jnp.float32), tokens_BL)
     return jnp.stack([jnp.sum(nll_BL, -1), jnp.sum(jnp.where(is_pad_BL, nll_BL, 0.0), -1)], -1)
   reconstruction_RB2 = jax.lax.map(reconstruction_at, jnp.moveaxis(noise0_BRLD, 1, 0))

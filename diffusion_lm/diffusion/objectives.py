@@ -12,7 +12,7 @@ Every objective takes the batch's times `t_B` (None: stratified uniform) and ret
 (loss, metrics); metrics hold the per-example loss and t under "per_example/…" for time warping.
 
 Example:
-  >>> loss, metrics = e2e_loss(fns, tokens, key, get_schedule("sqrt"), num_timesteps=2000)
+  >>> loss, metrics = e2e_loss(fns, tokens, key, schedules.get_schedule("sqrt"), num_timesteps=2000)
 """
 
 from typing import Callable
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion_lm.diffusion import schedules
+from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse
 from diffusion_lm.diffusion.model_fns import DenoiserFns
 
 
@@ -41,18 +41,18 @@ def self_condition(fns: DenoiserFns, noisy_BLD, t_B, rng, rate: float):
 
 
 def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
-             log_snr_fn: Callable[[jax.Array], jax.Array], num_timesteps: int,
+             log_snr_fn: LogSnrFn, num_timesteps: int,
              self_cond_rate: float = 0.5, t_B: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Diffusion-LM's L_e2e-simple on a batch of token ids; returns (loss, per-term metrics)."""
   time_rng, noise0_rng, noise_rng, self_cond_rng = jax.random.split(rng, 4)
   batch_size = tokens_BL.shape[0]
   clean_BLD = fns.embed(tokens_BL)
-  _, sigma_0 = schedules.alpha_sigma(log_snr_fn(jnp.zeros(())))
+  _, sigma_0 = alpha_sigma(log_snr_fn(jnp.zeros(())))
   x0_BLD = clean_BLD + sigma_0 * jax.random.normal(noise0_rng, clean_BLD.shape)
 
   t_B = low_discrepancy_times(time_rng, batch_size) if t_B is None else t_B
-  alpha_t, sigma_t = schedules.alpha_sigma(log_snr_fn(t_B))
-  noisy_BLD = alpha_t[:, None, None] * x0_BLD + sigma_t[:, None, None] * jax.random.normal(noise_rng, x0_BLD.shape)
+  alpha_t, sigma_t = alpha_sigma(log_snr_fn(t_B))
+  noisy_BLD = diffuse(x0_BLD, alpha_t, sigma_t, jax.random.normal(noise_rng, x0_BLD.shape))
 
   self_cond_BLD = self_condition(fns, noisy_BLD, t_B, self_cond_rng, self_cond_rate)
   _, predicted_x0_BLD = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
@@ -63,7 +63,7 @@ def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
   mse_B = jnp.mean((predicted_x0_BLD - target_BLD) ** 2, axis=(1, 2))
 
   rounding_B = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(fns.round_logits(x0_BLD), tokens_BL), axis=1)
-  alpha_1, _ = schedules.alpha_sigma(log_snr_fn(jnp.ones(())))
+  alpha_1, _ = alpha_sigma(log_snr_fn(jnp.ones(())))
   prior_B = jnp.mean((alpha_1 * x0_BLD) ** 2, axis=(1, 2))
 
   loss_B = mse_B + rounding_B + prior_B
@@ -73,15 +73,15 @@ def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
 
 
 def cdcd_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
-              log_snr_fn: Callable[[jax.Array], jax.Array], num_timesteps: int,
+              log_snr_fn: LogSnrFn, num_timesteps: int,
               self_cond_rate: float = 0.5, t_B: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CDCD: cross-entropy of f(z_t, t)'s logits against the tokens; returns (loss, metrics)."""
   del num_timesteps  # Continuous time throughout.
   time_rng, noise_rng, self_cond_rng = jax.random.split(rng, 3)
   clean_BLD = fns.embed(tokens_BL)
   t_B = low_discrepancy_times(time_rng, tokens_BL.shape[0]) if t_B is None else t_B
-  alpha_t, sigma_t = schedules.alpha_sigma(log_snr_fn(t_B))
-  noisy_BLD = alpha_t[:, None, None] * clean_BLD + sigma_t[:, None, None] * jax.random.normal(noise_rng, clean_BLD.shape)
+  alpha_t, sigma_t = alpha_sigma(log_snr_fn(t_B))
+  noisy_BLD = diffuse(clean_BLD, alpha_t, sigma_t, jax.random.normal(noise_rng, clean_BLD.shape))
   self_cond_BLD = self_condition(fns, noisy_BLD, t_B, self_cond_rng, self_cond_rate)
   logits_BLV, _ = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
   cross_entropy_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
@@ -108,19 +108,19 @@ def vlb_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
   t_B = low_discrepancy_times(time_rng, batch_size) if t_B is None else t_B
   bound_log_snr = lambda t: log_snr_fn(t, freeze_interior=True)
   log_snr_B, log_snr_slope_B = jax.jvp(bound_log_snr, (t_B,), (jnp.ones_like(t_B),))
-  alpha_t, sigma_t = schedules.alpha_sigma(log_snr_B)
-  noisy_BLD = alpha_t[:, None, None] * clean_BLD + sigma_t[:, None, None] * jax.random.normal(noise_rng, clean_BLD.shape)
+  alpha_t, sigma_t = alpha_sigma(log_snr_B)
+  noisy_BLD = diffuse(clean_BLD, alpha_t, sigma_t, jax.random.normal(noise_rng, clean_BLD.shape))
   self_cond_BLD = self_condition(fns, noisy_BLD, t_B, self_cond_rng, self_cond_rate)
   _, predicted_x0_BLD = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
   squared_error_B = jnp.sum((clean_BLD - predicted_x0_BLD) ** 2, axis=(1, 2))
   diffusion_B = -0.5 * log_snr_slope_B * jnp.exp(log_snr_B) * squared_error_B
 
-  alpha_0, sigma_0 = schedules.alpha_sigma(bound_log_snr(jnp.zeros((batch_size,))))
-  noisy_0_BLD = alpha_0[:, None, None] * clean_BLD + sigma_0[:, None, None] * jax.random.normal(noise0_rng, clean_BLD.shape)
+  alpha_0, sigma_0 = alpha_sigma(bound_log_snr(jnp.zeros((batch_size,))))
+  noisy_0_BLD = diffuse(clean_BLD, alpha_0, sigma_0, jax.random.normal(noise0_rng, clean_BLD.shape))
   logits_0_BLV, _ = fns.denoise(noisy_0_BLD, jnp.zeros((batch_size,)), None)
   reconstruction_B = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_0_BLV, tokens_BL), axis=1)
 
-  alpha_1, sigma_1 = schedules.alpha_sigma(bound_log_snr(jnp.ones(())))
+  alpha_1, sigma_1 = alpha_sigma(bound_log_snr(jnp.ones(())))
   prior_B = jnp.sum(0.5 * ((alpha_1 * clean_BLD) ** 2 + sigma_1**2 - 1.0 - jnp.log(sigma_1**2)), axis=(1, 2))
 
   bound_B = (prior_B + diffusion_B + reconstruction_B) / length

@@ -11,13 +11,12 @@ Example:
 """
 
 import dataclasses
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
-from diffusion_lm.diffusion import schedules, time_warping
+from diffusion_lm.diffusion import time_warping
 from diffusion_lm.diffusion.model_fns import DenoiserFns
+from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, posterior_mean_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,28 +48,17 @@ def clamp_to_embeddings(x_BLD: jax.Array, embedding_VD: jax.Array, banned_BLV: j
   return jnp.take(embedding_VD, jnp.argmax(scores_BLV, axis=-1), axis=0)
 
 
-def posterior_mean_std(noisy_BLD, x0_BLD, log_snr_t, log_snr_s):
-  """Mean and std of q(z_s | z_t, x0) for s < t (the Gaussian posterior of the forward process)."""
-  alpha_bar_t, alpha_bar_s = jax.nn.sigmoid(log_snr_t), jax.nn.sigmoid(log_snr_s)
-  alpha_t, alpha_s = jnp.sqrt(alpha_bar_t), jnp.sqrt(alpha_bar_s)
-  # σ²_{t|s} = σ_t² − α²_{t|s} σ_s² = 1 − ᾱ_t/ᾱ_s for a variance-preserving process.
-  transition_var = jnp.clip(1.0 - alpha_bar_t / alpha_bar_s, 0.0, 1.0)
-  var_t, var_s = 1.0 - alpha_bar_t, 1.0 - alpha_bar_s
-  mean = (alpha_t / alpha_s) * (var_s / var_t) * noisy_BLD + alpha_s * (transition_var / var_t) * x0_BLD
-  return mean, jnp.sqrt(transition_var * var_s / var_t)
-
-
 def ancestral_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
   """Draws z_s ~ q(z_s | z_t, x0) for s < t."""
-  mean, std = posterior_mean_std(noisy_BLD, x0_BLD, log_snr_t, log_snr_s)
+  mean, std = posterior_mean_std(noisy_BLD, x0_BLD, *alpha_sigma(log_snr_t), *alpha_sigma(log_snr_s))
   return mean + std * jax.random.normal(rng, noisy_BLD.shape)
 
 
 def ddim_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
   """Deterministic DDIM: z_s = α_s x̂0 + σ_s ε̂ with ε̂ = (z_t − α_t x̂0) / σ_t."""
   del rng
-  alpha_t, sigma_t = schedules.alpha_sigma(log_snr_t)
-  alpha_s, sigma_s = schedules.alpha_sigma(log_snr_s)
+  alpha_t, sigma_t = alpha_sigma(log_snr_t)
+  alpha_s, sigma_s = alpha_sigma(log_snr_s)
   return alpha_s * x0_BLD + sigma_s * (noisy_BLD - alpha_t * x0_BLD) / sigma_t
 
 
@@ -87,7 +75,7 @@ def time_grid(num_steps: int, start_time: float = 1.0, time_warp_table: jax.Arra
 
 
 def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: int,
-           log_snr_fn: Callable[[jax.Array], jax.Array], sampler: str = "ancestral", clamp: bool = True,
+           log_snr_fn: LogSnrFn, sampler: str = "ancestral", clamp: bool = True,
            anchors: Anchors | None = None, start_noisy_BLD: jax.Array | None = None,
            start_time: float = 1.0, return_trajectory: bool = False, guidance=None,
            temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False):

@@ -1,21 +1,19 @@
 """Noise schedules in continuous time t ∈ [0, 1], variance preserving.
 
-Every schedule is a pure function `log_snr(t)` (γ, decreasing in t); α² = sigmoid(γ) and
-σ² = sigmoid(−γ) follow from it, so z_t = α_t x + σ_t ε. A discrete T-step model is the same
-function evaluated at t_i = i / T.
+Every schedule is a pure function `log_snr(t)` (γ, decreasing in t); α and σ follow from it
+(process.alpha_sigma), so z_t = α_t x + σ_t ε. A discrete T-step model is the same function
+evaluated at t_i = i / T.
 
 Example:
   >>> schedule = get_schedule("sqrt")
-  >>> alpha, sigma = alpha_sigma(schedule(jnp.array([0.0, 0.5, 1.0])))
+  >>> alpha, sigma = process.alpha_sigma(schedule(jnp.array([0.0, 0.5, 1.0])))
 """
-
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LogSnrFn = Callable[[jax.Array], jax.Array]
+from diffusion_lm.diffusion.process import LogSnrFn
 
 # Clip ᾱ = α² away from 0 and 1 so log-SNR stays finite (Diffusion-LM clips betas likewise).
 _MIN_ALPHA_BAR = 1e-5
@@ -93,8 +91,3 @@ class LearnedSchedule(nn.Module):
     knots_g = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(increment_logits))])
     g = jnp.interp(t, jnp.linspace(0.0, 1.0, self.num_knots + 1), knots_g)
     return endpoints[0] - (endpoints[0] - endpoints[1]) * g
-
-
-def alpha_sigma(log_snr: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(α, σ) with α² = sigmoid(γ), σ² = sigmoid(−γ), so α² + σ² = 1."""
-  return jnp.sqrt(jax.nn.sigmoid(log_snr)), jnp.sqrt(jax.nn.sigmoid(-log_snr))
