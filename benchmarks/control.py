@@ -41,9 +41,9 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusion_lm import control, pipeline, text_metrics  # noqa: E402
+from diffusion_lm import control, pipeline, scoring, text_metrics, workdir as workdir_lib  # noqa: E402
 from diffusion_lm.diffusion import guidance as guidance_lib  # noqa: E402
-from diffusion_lm.train_classifier import SemanticClassifier, e2e_pairs, parse_mr  # noqa: E402
+from diffusion_lm.semantic_classifier import SemanticClassifier, e2e_pairs, parse_mr  # noqa: E402
 
 FIELDS = ("eatType", "food", "priceRange", "customer rating", "area")
 PAPER = {"semantic": 81.2, "length": 99.9}  # Diffusion-LM, Table 2 (ctrl success %).
@@ -87,7 +87,7 @@ def fluency(texts, known_bigrams, judge):
   result = {"train_bigram_coverage": round(text_metrics.bigram_coverage(texts, known_bigrams), 4)}
   if judge is not None:
     from diffusion_lm import evaluate
-    report = evaluate.judge_texts(judge, texts, 64, "judge", False)
+    report = scoring.judge_texts(judge, texts, 64, "judge", False)
     result["judge_perplexity"] = round(report["judge_perplexity"], 2)
   return result
 
@@ -220,7 +220,7 @@ def main(argv):
   started = time.perf_counter()
   pipe = pipeline.load(FLAGS.workdir)
   classifier = SemanticClassifier.load(FLAGS.workdir)
-  judge = pipeline.load_checkpoint(FLAGS.judge_workdir) if FLAGS.judge_workdir else None
+  judge = workdir_lib.load_checkpoint(FLAGS.judge_workdir) if FLAGS.judge_workdir else None
   train_refs, _ = e2e_pairs(pipe.config.data, "train")
   test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)
   known_bigrams = text_metrics.bigram_set(train_refs)

@@ -27,8 +27,7 @@ import numpy as np
 from absl import flags
 
 import bench_utils
-from diffusion_lm import cli, flops, parallel, train
-from diffusion_lm.models import build_model
+from diffusion_lm import cli, kinds, parallel, train_state, trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/bench.py", "PATH[:field=value,...]")
@@ -96,15 +95,15 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict]:
 def profile(config, steps: int, top: int) -> str:
   vocab_size = config.data.vocab_size
   mesh = parallel.make_mesh(config.mesh)
-  model = build_model(config, vocab_size)
-  optimizer = train.make_optimizer(config.train)
+  model = kinds.get(config.model.kind).build_model(config, vocab_size)
+  optimizer = train_state.make_optimizer(config.train)
   tokens_BL = np.random.default_rng(0).integers(4, vocab_size, (config.train.batch_size, config.data.seq_len),
                                                 dtype=np.int32)
   with parallel.activate(mesh, parallel.logical_rules(config.mesh)):
-    init_fn, _, shardings = train.state_shapes_and_shardings(model, config, optimizer, mesh)
+    init_fn, _, shardings = train_state.state_shapes_and_shardings(model, config, optimizer, mesh)
     state = init_fn(jax.random.key(0))
     batch = jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), tokens_BL)
-    step_fn = jax.jit(train.make_train_step(model, config, optimizer), in_shardings=(shardings, None, None),
+    step_fn = jax.jit(trainer.make_train_step(model, config, optimizer), in_shardings=(shardings, None, None),
                       out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
     compiled = step_fn.lower(state, batch, jax.random.key(0)).compile()
     instructions = hlo_instructions(compiled.as_text())
@@ -134,7 +133,7 @@ def profile(config, steps: int, top: int) -> str:
       table[key][0] += seconds
       table[key][1] += info["flops"]
   total = sum(seconds for seconds, _ in by_kind.values())
-  model_flops = flops.train_step_flops(config, vocab_size)
+  model_flops = kinds.train_step_flops(config, vocab_size)
   peak_rate = peak["median_flops_per_s"]
   rate = lambda flop_count, seconds: f"{flop_count / seconds / 1e9:.1f}" if flop_count and seconds else "—"
   lines = [f"step wall time {wall * 1e3:.0f} ms (load average {load_before:.2f}→{bench_utils.load_average():.2f}); "

@@ -39,11 +39,10 @@ import numpy as np
 from absl import flags
 
 import bench_utils
-from diffusion_lm import cli, decoding, parallel, tasks
-from diffusion_lm import train as train_lib
+from diffusion_lm import cli, decoding, kinds, parallel
+from diffusion_lm.errors import UserError
 from diffusion_lm.diffusion import samplers
 from diffusion_lm.diffusion.model_fns import bind_denoiser
-from diffusion_lm.models import build_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "configs/e2e.py", "PATH[:field=value,...] of the diffusion config (random weights).")
@@ -82,7 +81,7 @@ def time_calls(compiled, args, repeats: int) -> dict:
 
 
 def random_params(model, config):
-  init = jax.jit(lambda key: train_lib.strip_boxes(tasks.init_variables(model, config, key)["params"]))
+  init = jax.jit(lambda key: parallel.strip_boxes(kinds.get(config.model.kind).init_variables(model, config, key)["params"]))
   return init(jax.random.key(0))
 
 
@@ -100,20 +99,20 @@ class Models:
     else:
       self.config, _ = bench_utils.load_config_spec(config_spec)
       vocab_size = self.config.data.vocab_size
-      self.model = build_model(self.config, vocab_size)
+      self.model = kinds.get(self.config.model.kind).build_model(self.config, vocab_size)
       self.params = random_params(self.model, self.config)
     self.weights = "trained" if diffusion_workdir else "random"
     if judge_workdir:
       self.ar_pipe = pipeline.load(judge_workdir)
       if self.ar_pipe.config.model.kind != "autoregressive":
-        raise cli.UserError(f"--judge_workdir={judge_workdir} is not an autoregressive workdir")
+        raise UserError(f"--judge_workdir={judge_workdir} is not an autoregressive workdir")
     ar_config = self.config.copy_and_resolve_references()
     with ar_config.unlocked():
       ar_config.model.kind = "autoregressive"
     if self.ar_pipe is not None and _same_backbone(self.ar_pipe.config, self.config):
       self.ar_model, self.ar_params, self.ar_weights = self.ar_pipe.model, self.ar_pipe.params, "trained"
     else:  # Random weights of the same backbone: decoding time does not depend on them.
-      self.ar_model = build_model(ar_config, vocab_size)
+      self.ar_model = kinds.get(ar_config.model.kind).build_model(ar_config, vocab_size)
       self.ar_params, self.ar_weights = random_params(self.ar_model, ar_config), "random"
     self.seq_len = self.config.data.seq_len
 
@@ -252,7 +251,7 @@ def main(argv):
   batch_sizes = [int(b) for b in FLAGS.batch_sizes]
   fit_steps = [int(s) for s in FLAGS.fit_steps]
   if min(steps + fit_steps) < 1 or min(batch_sizes) < 1 or FLAGS.repeats < 1:
-    raise cli.UserError("--steps, --fit_steps, --batch_sizes and --repeats must be >= 1")
+    raise UserError("--steps, --fit_steps, --batch_sizes and --repeats must be >= 1")
   if FLAGS.diffusion_workdir and FLAGS.judge_workdir is None:
     print("note: no --judge_workdir, so sample quality is not measured")
   models = Models(FLAGS.config, FLAGS.diffusion_workdir, FLAGS.judge_workdir)

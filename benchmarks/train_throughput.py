@@ -1,7 +1,7 @@
 """Training throughput and MFU of the real train step (diffusion_lm.train's), one table row per config.
 
 For each `--config=PATH[:field=value,...]` it builds the train state on the config's mesh, jits
-`train.make_train_step` exactly as `train.py` does (state shardings, donated state), feeds a fixed
+`trainer.make_train_step` exactly as `train.py` does (state shardings, donated state), feeds a fixed
 synthetic batch of token ids (the data pipeline is not timed; its host work overlaps the step in
 `train.py`), and reports:
   - step time: the median of `--steps` steps after `--warmup` steps (each step waited for);
@@ -37,8 +37,8 @@ import numpy as np
 from absl import app, flags
 
 import bench_utils  # noqa: F401  (puts the repo root on sys.path)
-from diffusion_lm import cli, flops, parallel, train
-from diffusion_lm.models import build_model
+from diffusion_lm import cli, kinds, parallel, train_state, trainer
+from diffusion_lm.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("config", ["configs/bench.py"], "PATH[:field=value,...]; repeat for more rows.")
@@ -60,21 +60,21 @@ def benchmark_config(config, label: str, steps: int, warmup: int, peak_size: int
     >>> row = benchmark_config(config, label, steps=10, warmup=2, peak_size=2048)
   """
   if steps < 1 or warmup < 0:
-    raise cli.UserError("--steps must be >= 1 and --warmup >= 0")
+    raise UserError("--steps must be >= 1 and --warmup >= 0")
   vocab_size = config.data.vocab_size  # Synthetic ids: the configured size (an upper bound for "word").
   mesh = parallel.make_mesh(config.mesh)
   parallel.check_batch_size(config.train.batch_size, mesh)
-  model = build_model(config, vocab_size)
-  optimizer = train.make_optimizer(config.train)
+  model = kinds.get(config.model.kind).build_model(config, vocab_size)
+  optimizer = train_state.make_optimizer(config.train)
   batch_sharding = parallel.batch_sharding(mesh)
   rng = np.random.default_rng(0)
   tokens_BL = rng.integers(4, vocab_size, (config.train.batch_size, config.data.seq_len), dtype=np.int32)
   with parallel.activate(mesh, parallel.logical_rules(config.mesh)):
-    init_fn, _, state_shardings = train.state_shapes_and_shardings(model, config, optimizer, mesh)
+    init_fn, _, state_shardings = train_state.state_shapes_and_shardings(model, config, optimizer, mesh)
     state = init_fn(jax.random.key(0))
     batch = jax.make_array_from_process_local_data(batch_sharding, tokens_BL)
     root_key = jax.random.key(config.seed)
-    step_fn = jax.jit(train.make_train_step(model, config, optimizer),
+    step_fn = jax.jit(trainer.make_train_step(model, config, optimizer),
                       in_shardings=(state_shardings, batch_sharding, None),
                       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
     compile_start = time.perf_counter()
@@ -96,7 +96,7 @@ def benchmark_config(config, label: str, steps: int, warmup: int, peak_size: int
     load_after = bench_utils.load_average()
   step_seconds = statistics.median(times)
   cpu_seconds = statistics.median(cpu_times)
-  model_flops = flops.train_step_flops(config, vocab_size)
+  model_flops = kinds.train_step_flops(config, vocab_size)
   xla_flops = bench_utils.compiled_flops(compiled)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
   tokens = config.train.batch_size * config.data.seq_len

@@ -15,8 +15,8 @@ What survives what (RELIABILITY.md lists the tests):
   checkpoint before it is used; a bad one is moved aside to `<step>.corrupt` with a warning
   naming it (never deleted, never loaded) and the next newest is tried. Orbax itself cannot
   see flipped bytes: a flipped data file restores "successfully" with garbage values.
-- SIGTERM / a preemption notice: `PreemptionWatcher` tells the train loop to save at the
-  current step and stop.
+- SIGTERM / a preemption notice: `preemption.PreemptionWatcher` tells the train loop to save at
+  the current step and stop.
 
 Example:
   >>> checkpointer = Checkpointer(workdir, keep=3)
@@ -29,13 +29,13 @@ import hashlib
 import json
 import os
 import re
-import signal
-import sys
-import threading
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from diffusion_lm import parallel
 
 from diffusion_lm.errors import CheckpointError, CheckpointWriteError
 
@@ -46,16 +46,6 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # Written or rewritten by orbax after our manifest (the commit timestamp, the commit marker).
 _UNHASHED_TOP_LEVEL = ("_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST_FILE)
 _STEP_NAME = re.compile(r"^\d+$")
-
-
-def warn(message: str) -> None:
-  """One `warning: ...` line on stderr from the chief process (the binaries' error style).
-
-  Example:
-    >>> warn("checkpoint /tmp/run/checkpoints/20 is corrupt (...)")
-  """
-  if jax.process_index() == 0:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def file_sha256(path: str) -> str:
@@ -189,13 +179,12 @@ class Checkpointer:
       10
     """
     chosen = -1
-    if jax.process_index() == 0:
+    if parallel.is_chief():
       for path in self.unfinished_saves():
-        warn(f"{path} is an unfinished save (the run stopped while writing it); it is ignored, and "
+        parallel.warn(f"{path} is an unfinished save (the run stopped while writing it); it is ignored, and "
              "orbax replaces it when that step is saved again")
       chosen = self._find_valid_step()
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       chosen = int(multihost_utils.broadcast_one_to_all(np.int64(chosen)))
       self.manager.reload()  # Process 0 may have moved directories.
     return None if chosen < 0 else chosen
@@ -220,10 +209,10 @@ class Checkpointer:
       older = [s for s in self.manager.all_steps() if s < step]
       fallback = f"using step {max(older)}" if older else "no older checkpoint is left: starting afresh"
       if self.read_only or not self._local:  # Not ours to move (or not a local path to rename).
-        warn(f"checkpoint {self.step_directory(step)} is corrupt ({problem}); skipping it, {fallback}")
+        parallel.warn(f"checkpoint {self.step_directory(step)} is corrupt ({problem}); skipping it, {fallback}")
       else:
         aside = self._move_aside(step)
-        warn(f"checkpoint {self.step_directory(step)} is corrupt ({problem}); moved it to {aside} and "
+        parallel.warn(f"checkpoint {self.step_directory(step)} is corrupt ({problem}); moved it to {aside} and "
              f"{fallback}")
     return -1
 
@@ -318,49 +307,3 @@ class Checkpointer:
 def _first_line(error: Exception) -> str:
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
-
-
-class PreemptionWatcher:
-  """Says when the train loop should save and stop: after SIGTERM, or at jax's preemption point.
-
-  One process: a SIGTERM handler sets a flag (installed only from the main thread; the previous
-  handler comes back on exit). Several processes (jax.distributed initialised): jax's preemption
-  service owns SIGTERM and `reached_preemption_sync_point(step)` turns a notice on any host into
-  the same stop step on every host, so all of them take part in the save. It must then be asked
-  at every step, by every process.
-
-  Example:
-    >>> with PreemptionWatcher() as preemption:
-    ...   while step < num_steps:
-    ...     ...
-    ...     if preemption.should_stop(step):
-    ...       break
-  """
-
-  def __init__(self):
-    # Once jax.distributed is up (even with one process, e.g. a single TPU host), its preemption
-    # service is the one that hears SIGTERM and the scheduler's notices.
-    self.distributed = jax.distributed.is_initialized()
-    self._received = threading.Event()
-    self._previous = None
-
-  def __enter__(self) -> "PreemptionWatcher":
-    if not self.distributed and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
-    self._received.set()
-
-  def should_stop(self, step: int) -> bool:
-    """Whether to save at `step` and stop (call once per step, on every process)."""
-    if self.distributed:
-      from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._received.is_set()

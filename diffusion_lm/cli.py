@@ -12,17 +12,11 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from diffusion_lm.errors import CheckpointWriteError, TrainingDivergedError, UserError  # noqa: F401
+from diffusion_lm.errors import CheckpointWriteError, TrainingDivergedError, UserError
 
 USAGE_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3  # The loss or gradients went NaN/Inf (see numerics.py).
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on a preemption notice after a clean save.
-
-
-def _user_error_types() -> tuple[type[Exception], ...]:
-  from diffusion_lm.data.datasets import DataError
-  from diffusion_lm.data.tokenizer import UnencodableTextError
-  return (UserError, DataError, UnencodableTextError)
 
 
 def _one_line(error: Exception) -> str:
@@ -49,7 +43,7 @@ def run(main) -> None:
       logging.set_verbosity(logging.WARNING)  # Orbax and tfds are chatty at INFO.
     try:
       return main(argv)
-    except _user_error_types() as error:
+    except UserError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(USAGE_EXIT_CODE)
     except TrainingDivergedError as error:
@@ -103,10 +97,3 @@ def config_from_flag(name: str = "config"):
   except OSError as error:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     raise UserError(f"--{name} could not be loaded: {lines[-1] if lines else error}") from None
-
-
-def sync_processes(name: str) -> None:
-  """A barrier across processes (no-op with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)

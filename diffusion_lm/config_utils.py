@@ -10,21 +10,27 @@ import math
 
 import ml_collections
 
+from configs import base
+from diffusion_lm import kinds
+from diffusion_lm.data import batching, datasets, tokenizer
+from diffusion_lm.diffusion import objectives, samplers, schedules
 from diffusion_lm.errors import CheckpointError, ConfigError
+from diffusion_lm.models import denoiser, transformer
 
+# Each field's allowed values, read from the registry that implements them.
 CHOICES = {
-    "data.name": ("e2e", "text_files", "tfds"),
-    "data.e2e_source": ("bundled", "official"),
-    "data.text_field": ("ref", "mr"),
-    "data.tokenizer": ("word", "unigram", "bpe"),
-    "data.mode": ("pad", "pack"),
-    "model.kind": ("diffusion", "autoregressive"),
-    "model.parameterization": ("direct", "categorical"),
-    "model.dtype": ("float32", "bfloat16"),
-    "model.attention": ("auto", "xla", "cudnn"),
-    "diffusion.schedule": ("sqrt", "cosine", "linear_logsnr", "learned"),
-    "diffusion.objective": ("e2e", "cdcd", "vlb"),
-    "sample.sampler": ("ancestral", "ddim"),
+    "data.name": datasets.SOURCES,
+    "data.e2e_source": datasets.E2E_SOURCES,
+    "data.text_field": datasets.E2E_TEXT_FIELDS,
+    "data.tokenizer": tokenizer.MODEL_TYPES,
+    "data.mode": batching.ENCODE_MODES,
+    "model.kind": tuple(kinds.KINDS),
+    "model.parameterization": denoiser.PARAMETERIZATIONS,
+    "model.dtype": transformer.COMPUTE_DTYPES,
+    "model.attention": tuple(transformer.ATTENTION_IMPLEMENTATIONS),
+    "diffusion.schedule": (*schedules.SCHEDULES, "learned"),
+    "diffusion.objective": tuple(objectives.OBJECTIVES),
+    "sample.sampler": tuple(samplers.STEPS),
 }
 
 # (field, lowest allowed value, highest allowed value or None).
@@ -121,7 +127,6 @@ def from_dict(config_dict: dict) -> ml_collections.ConfigDict:
   Defaults of new fields keep the old behaviour, so checkpoints written before a field existed
   still load (e.g. model.normalize_embeddings=False).
   """
-  from configs import base  # Lazy: configs/ is a sibling package.
   config = base.get_config().to_dict()
 
   def merge(defaults: dict, saved: dict) -> dict:

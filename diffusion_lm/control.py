@@ -32,12 +32,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from diffusion_lm.data.tokenizer import EOS_ID, PAD_ID, BOS_ID, UnencodableTextError
-from diffusion_lm.errors import UserError
+from diffusion_lm.data.layout import EOS_ID, PAD_ID, SPECIAL_IDS
+from diffusion_lm.errors import UnencodableTextError, UserError
 
 DEFAULT_BLANK = "__"
 DEFAULT_MAX_BLANK_LEN = 8
-SPECIAL_IDS = (PAD_ID, EOS_ID, BOS_ID)  # Never text; banned from slots that must hold a word.
 
 
 class ControlError(UserError):

@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 from diffusion_lm import control, parallel
-from diffusion_lm.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from diffusion_lm.data.layout import pad_after_eos
+from diffusion_lm.data.tokenizer import Tokenizer
 from diffusion_lm.errors import UserError
 
 
@@ -29,13 +30,6 @@ def init_cache(decoder, batch_size: int, length: int):
   # eval_shape: the sizing call builds no parameters and runs no compute.
   shapes = jax.eval_shape(lambda: decoder.init(jax.random.key(0), jnp.zeros((batch_size, length), jnp.int32)))
   return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes["cache"])
-
-
-def pad_after_eos(tokens_BL: jax.Array, eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> jax.Array:
-  """Replaces every token after a row's first EOS by PAD (the training rows' layout)."""
-  is_eos_BL = tokens_BL == eos_id
-  after_eos_BL = (jnp.cumsum(is_eos_BL, axis=1) - is_eos_BL) > 0
-  return jnp.where(after_eos_BL, pad_id, tokens_BL)
 
 
 def first_argmax(x_BV: jax.Array) -> jax.Array:
@@ -114,7 +108,7 @@ class AutoregressivePipeline:
   def __init__(self, config: ml_collections.ConfigDict, model, params, tokenizer: Tokenizer,
                mesh: jax.sharding.Mesh | None = None, step: int | None = None):
     self.config, self.model, self.params, self.tokenizer = config, model, params, tokenizer
-    self.mesh = mesh or parallel.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+    self.mesh = mesh or parallel.local_mesh()
     self.step = step
     self.workdir: str | None = None
     self._compiled = {}

@@ -22,9 +22,12 @@ self-conditioning one more forward-only pass over the whole batch (its output is
 stop-gradiented). Not counted: layer norms, softmax, GELU, losses, the optimizer, embedding
 lookups; XLA's own count (`compiled.cost_analysis()`) includes those and is a few percent higher.
 
+Each model kind counts its own train step from these pieces (kinds/*.train_step_flops);
+`kinds.train_step_flops(config, vocab_size)` asks the config's kind.
+
 Example:
   >>> from configs import bench
-  >>> train_step_flops(bench.get_config(), vocab_size=1000) / 1e9   # GFLOP per step
+  >>> kinds.train_step_flops(bench.get_config(), vocab_size=1000) / 1e9   # GFLOP per step
 """
 
 import ml_collections
@@ -58,32 +61,6 @@ def denoiser_forward_flops(model_config: ml_collections.ConfigDict, length: int,
     if uses_logits:
       flops += 2 * length * embed_dim * vocab_size
   return flops
-
-
-def train_step_flops(config: ml_collections.ConfigDict, vocab_size: int) -> int:
-  """Model FLOPs of one optimizer step on `config.train.batch_size` sequences (see the module doc).
-
-  Example:
-    >>> train_step_flops(config, vocab_size=1000)
-  """
-  model_config, length, batch_size = config.model, config.data.seq_len, config.train.batch_size
-  if model_config.kind == "autoregressive":
-    forward = backbone_forward_flops(model_config, length) + 2 * length * model_config.d_model * vocab_size
-    return batch_size * 3 * forward
-  if model_config.kind != "diffusion":
-    raise ValueError(f"model kind {model_config.kind!r} is not available")
-  objective = config.diffusion.objective
-  pass_flops = lambda logits, x0: denoiser_forward_flops(model_config, length, vocab_size, logits, x0)
-  if objective == "e2e":
-    trained = pass_flops(False, True) + 2 * length * model_config.embed_dim * vocab_size  # + rounding head on x0
-  elif objective == "cdcd":
-    trained = pass_flops(True, False)
-  elif objective == "vlb":
-    trained = pass_flops(False, True) + pass_flops(True, False)
-  else:
-    raise ValueError(f"unknown objective {objective!r}")
-  forward_only = pass_flops(False, True) if model_config.self_conditioning else 0
-  return batch_size * (3 * trained + forward_only)
 
 
 def sampling_step_flops(config: ml_collections.ConfigDict, vocab_size: int, batch_size: int) -> int:

@@ -9,15 +9,16 @@ Example:
 import json
 import os
 
-import jax
 import numpy as np
+
+from diffusion_lm import parallel
 
 
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`."""
 
   def __init__(self, workdir: str, enabled: bool | None = None):
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.enabled = parallel.is_chief() if enabled is None else enabled
     self._jsonl = None
     self._tensorboard = None
     if self.enabled:

@@ -27,11 +27,15 @@ import inspect
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
+from absl import flags
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from diffusion_lm.errors import ConfigError, UserError
@@ -56,7 +60,6 @@ DEFAULT_RULES = (
     ("kv", None),
     ("vocab", "tensor"),
 )
-LOGICAL_RULES = DEFAULT_RULES  # The name older callers use.
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -121,6 +124,17 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
     raise ConfigError(f"config.mesh {tuple(sizes)} needs {math.prod(sizes)} devices but {num_devices} "
                       "are available; set one axis to -1 or match the device count")
   return tuple(sizes)
+
+
+def local_mesh() -> jax.sharding.Mesh:
+  """A data-parallel mesh over this process's view of the devices (inference, scoring, tools)."""
+  return make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+
+
+def strip_boxes(tree):
+  """Plain arrays from logically-annotated ones (without the sharding constraint `nn.unbox` adds)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
@@ -191,11 +205,6 @@ def shardings_for(boxed_abstract, mesh: jax.sharding.Mesh, rules: Rules):
     spec = nn.logical_to_mesh_axes(tuple(leaf.get_partition_spec()), rules)
     return NamedSharding(mesh, fit_spec(spec, leaf.value.shape, mesh))
   return jax.tree.map(leaf_sharding, boxed_abstract, is_leaf=is_box)
-
-
-def logical_shardings(mesh: jax.sharding.Mesh, logical_specs, rules: Rules = DEFAULT_RULES):
-  """Maps a tree of logical PartitionSpecs to NamedShardings on `mesh` (no divisibility check)."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -373,8 +382,24 @@ def use_fake_cpu_devices(count: int) -> None:
 
 
 def is_chief() -> bool:
-  """Whether this process writes logs, metrics and samples (process 0)."""
+  """Whether this process writes logs, metrics, samples and reports (process 0)."""
   return jax.process_index() == 0
+
+
+def warn(message: str) -> None:
+  """One `warning: ...` line on stderr from the chief process (the binaries' error style).
+
+  Example:
+    >>> warn("checkpoint /tmp/run/checkpoints/20 is corrupt (...)")
+  """
+  if is_chief():
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def define_distributed_flags() -> None:
@@ -383,7 +408,6 @@ def define_distributed_flags() -> None:
   Example:
     >>> define_distributed_flags()   # in a binary's run(), before cli.run(main)
   """
-  from absl import flags
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for clusters jax does not "
                       "detect (TPU pods and SLURM need nothing); with --num_processes and --process_id.")
   flags.DEFINE_integer("num_processes", None, "Total processes in the job (with --coordinator_address).")
@@ -393,7 +417,6 @@ def define_distributed_flags() -> None:
 
 def initialize_from_flags() -> bool:
   """`initialize_distributed` with the values of the flags `define_distributed_flags` made."""
-  from absl import flags
   values = flags.FLAGS
   return initialize_distributed(values.coordinator_address, values.num_processes, values.process_id,
                                 values.distributed_timeout_s)

@@ -13,23 +13,23 @@ import os
 
 from absl import flags
 
-from diffusion_lm import cli
+from diffusion_lm import cli, control, pipeline
+from diffusion_lm.diffusion import guidance as guidance_lib
+from diffusion_lm.errors import UserError
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  from diffusion_lm import pipeline
   if FLAGS.num_samples < 1 or FLAGS.steps is not None and FLAGS.steps < 1:
-    raise cli.UserError("--num_samples and --steps must be >= 1")
-  from diffusion_lm import control
+    raise UserError("--num_samples and --steps must be >= 1")
   if FLAGS.edit is not None and FLAGS.strength is None:
-    raise cli.UserError("--edit needs --strength in [0, 1] (how much of the draft to rewrite)")
+    raise UserError("--edit needs --strength in [0, 1] (how much of the draft to rewrite)")
   if FLAGS.strength is not None:
     control.check_strength(FLAGS.strength)
   if FLAGS.edit is not None and (FLAGS.infill or FLAGS.prefix or FLAGS.suffix or FLAGS.anchor):
-    raise cli.UserError("--edit cannot be combined with --infill/--prefix/--suffix/--anchor; use --keep")
+    raise UserError("--edit cannot be combined with --infill/--prefix/--suffix/--anchor; use --keep")
   pipe = pipeline.load(FLAGS.workdir, FLAGS.step)
   args = (FLAGS.num_samples, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp)
   ar_options = {}  # Autoregressive workdirs: KV-cached decoding (diffusion_lm/decoding.py).
@@ -37,7 +37,7 @@ def main(argv):
     if not isinstance(pipe, pipeline.Pipeline):
       ar_options["temperature"] = FLAGS.temperature
     elif FLAGS.temperature < 1e-3:
-      raise cli.UserError(f"--temperature={FLAGS.temperature}: a diffusion model's score temperature must be "
+      raise UserError(f"--temperature={FLAGS.temperature}: a diffusion model's score temperature must be "
                           ">= 0.001 (x0 = softmax(logits / temperature) E; 1 is the model's own)")
     else:
       pipe.config.sample.temperature = FLAGS.temperature
@@ -85,7 +85,6 @@ def run():
   flags.DEFINE_multi_string("keep", [], "With --edit: a word (or 0-based position) of the draft to keep.")
   flags.DEFINE_multi_string("control", [], "FIELD=VALUE for classifier guidance, e.g. food=Italian (repeatable); "
                             "needs python -m diffusion_lm.train_classifier --workdir=WORKDIR first.")
-  from diffusion_lm.diffusion import guidance as guidance_lib
   flags.DEFINE_float("guidance_weight", guidance_lib.FLUENCY_WEIGHT,
                      "λ, the weight of fluency log p(z_s | z_t) in guidance (Diffusion-LM: 0.01).")
   flags.DEFINE_float("guidance_step_size", guidance_lib.STEP_SIZE, "Adagrad step size of guidance (Diffusion-LM: 0.1).")

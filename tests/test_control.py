@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, tiny_config
 def workdir(tmp_path_factory):
   """A tiny diffusion run (20 steps: guidance needs a denoiser that reacts to z) with a tiny classifier."""
   from diffusion_lm.train import train
-  from diffusion_lm.train_classifier import train_classifier
+  from diffusion_lm.classifier_trainer import train_classifier
   workdir = str(tmp_path_factory.mktemp("control_run"))
   train(tiny_config(**{"train.num_samples": 0, "train.num_steps": 20}), workdir)
   train_classifier(workdir, num_steps=40, batch_size=32, d_model=16, num_layers=1, log=lambda line: None)
@@ -80,7 +80,7 @@ def test_editing_keeps_pinned_words(pipe):
 
 def test_guidance_raises_the_classifier_score(pipe, workdir):
   from diffusion_lm.diffusion.model_fns import bind_denoiser
-  from diffusion_lm.train_classifier import SemanticClassifier
+  from diffusion_lm.semantic_classifier import SemanticClassifier
   classifier = SemanticClassifier.load(workdir)
   pairs = classifier.parse(["food=Italian"])
   guide = classifier.guidance(pairs, batch_size=1, fluency_weight=0.001, step_size=0.5, num_steps=3)

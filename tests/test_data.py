@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from diffusion_lm.data import datasets, pipeline
+from diffusion_lm.data import batching, datasets
 from diffusion_lm.data.datasets import DataError, load_texts
 from diffusion_lm.data.tokenizer import Tokenizer, UnencodableTextError, normalize_words
 
@@ -220,7 +220,7 @@ def test_tokenizer_training_is_deterministic(model_type, e2e_texts, tmp_path):
 def test_encode_corpus_pad(word_tokenizer):
   tok = word_tokenizer
   texts = ["The pub .", "The pub is near the river in the city centre ."]
-  rows = pipeline.encode_corpus(texts, tok, seq_len=6, mode="pad")
+  rows = batching.encode_corpus(texts, tok, seq_len=6, mode="pad")
   assert rows.shape == (2, 6) and rows.dtype == np.int32
   assert list(rows[0]) == tok.encode(texts[0]) + [tok.eos_id, tok.pad_id, tok.pad_id]
   assert list(rows[1]) == tok.encode(texts[1])[:5] + [tok.eos_id]  # truncated, eos kept
@@ -230,29 +230,29 @@ def test_encode_corpus_pack(word_tokenizer):
   tok = word_tokenizer
   texts = ["The pub .", "A pub near the river .", "The city centre ."]
   stream = [i for text in texts for i in tok.encode(text) + [tok.eos_id]]
-  rows = pipeline.encode_corpus(texts, tok, seq_len=4, mode="pack")
+  rows = batching.encode_corpus(texts, tok, seq_len=4, mode="pack")
   assert rows.shape == (len(stream) // 4, 4)
   assert list(rows.reshape(-1)) == stream[:rows.size]
   assert (rows == tok.eos_id).sum() == stream[:rows.size].count(tok.eos_id)
 
 
 def test_encode_full_e2e_train_is_fast(word_tokenizer, e2e_texts):
-  rows = pipeline.encode_corpus(e2e_texts["train"], word_tokenizer, seq_len=64, mode="pad")
+  rows = batching.encode_corpus(e2e_texts["train"], word_tokenizer, seq_len=64, mode="pad")
   assert rows.shape == (42_061, 64)
   assert ((rows == word_tokenizer.eos_id).sum(axis=1) == 1).all()
 
 
 def test_batch_source_is_a_pure_function_of_seed_and_step():
   tokens = np.arange(50, dtype=np.int32).reshape(25, 2)
-  batches = [pipeline.BatchSource(tokens, 8, seed=3).batch(step) for step in (7, 2, 7)]
-  fresh = pipeline.BatchSource(tokens, 8, seed=3)
+  batches = [batching.BatchSource(tokens, 8, seed=3).batch(step) for step in (7, 2, 7)]
+  fresh = batching.BatchSource(tokens, 8, seed=3)
   assert np.array_equal(batches[0], fresh.batch(7)) and np.array_equal(batches[0], batches[2])
-  assert not np.array_equal(fresh.batch(7), pipeline.BatchSource(tokens, 8, seed=4).batch(7))
+  assert not np.array_equal(fresh.batch(7), batching.BatchSource(tokens, 8, seed=4).batch(7))
 
 
 def test_batch_source_process_slices_concatenate_to_global_batch():
   tokens = np.arange(40, dtype=np.int32).reshape(20, 2)
-  source = pipeline.BatchSource(tokens, 8, seed=0)
+  source = batching.BatchSource(tokens, 8, seed=0)
   for step in (0, 3, 11):
     slices = [source.batch(step, process_index=p, process_count=4) for p in range(4)]
     assert all(s.shape == (2, 2) for s in slices)
@@ -262,25 +262,25 @@ def test_batch_source_process_slices_concatenate_to_global_batch():
 def test_batch_source_wraps_across_epochs():
   num_rows, batch_size, seed = 10, 4, 5
   tokens = np.arange(num_rows, dtype=np.int32)[:, None]
-  source = pipeline.BatchSource(tokens, batch_size, seed=seed)
+  source = batching.BatchSource(tokens, batch_size, seed=seed)
   seen = np.concatenate([source.batch(step)[:, 0] for step in range(5)])  # 20 rows = 2 epochs
   for epoch in range(2):
     expected = np.random.default_rng([seed, epoch]).permutation(num_rows)
     assert np.array_equal(seen[epoch * num_rows:(epoch + 1) * num_rows], expected)
   assert source.num_examples == 10 and source.steps_per_epoch == 2
-  unshuffled = pipeline.BatchSource(tokens, batch_size, seed=seed, shuffle=False)
+  unshuffled = batching.BatchSource(tokens, batch_size, seed=seed, shuffle=False)
   assert list(unshuffled.batch(2)[:, 0]) == [8, 9, 0, 1]
-  assert pipeline.BatchSource(tokens, 32, seed=0).batch(0).shape == (32, 1)  # N < batch
+  assert batching.BatchSource(tokens, 32, seed=0).batch(0).shape == (32, 1)  # N < batch
 
 
 def test_iterate_eval_batches_covers_every_row_once():
   tokens = np.arange(1, 15, dtype=np.int32).reshape(7, 2)
-  batches = list(pipeline.iterate_eval_batches(tokens, batch_size=3))
+  batches = list(batching.iterate_eval_batches(tokens, batch_size=3))
   assert [len(b) for b, _ in batches] == [3, 3, 3]
   real_rows = np.concatenate([b[mask] for b, mask in batches])
   assert np.array_equal(real_rows, tokens)
   assert (batches[-1][0][~batches[-1][1]] == 0).all()
-  per_process = [list(pipeline.iterate_eval_batches(tokens, 4, 0, p, 2)) for p in range(2)]
+  per_process = [list(batching.iterate_eval_batches(tokens, 4, 0, p, 2)) for p in range(2)]
   assert len(per_process[0]) == len(per_process[1]) == 2
   joined = np.concatenate([b[m] for pair in zip(*per_process) for b, m in pair])
   assert np.array_equal(joined, tokens)

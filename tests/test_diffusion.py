@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_lm import parallel
 from diffusion_lm.diffusion import objectives, process, samplers, schedules
 from diffusion_lm.diffusion.model_fns import DenoiserFns, bind_denoiser
 from diffusion_lm.models.denoiser import Denoiser
@@ -102,8 +103,7 @@ def _tiny_denoiser(self_conditioning=False):
                    max_len=6, self_conditioning=self_conditioning)
   noisy = jnp.zeros((1, 6, 4))
   params = model.init(jax.random.key(0), noisy, jnp.zeros((1,)), noisy if self_conditioning else None)["params"]
-  from diffusion_lm.train import strip_boxes
-  return bind_denoiser(model, strip_boxes(params))
+  return bind_denoiser(model, parallel.strip_boxes(params))
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim"])

@@ -116,10 +116,10 @@ def test_markov_ar_perplexity_approaches_the_entropy_and_the_diffusion_bound_sta
 
 
 def test_ar_perplexity_is_exp_of_the_mean_nll_computed_by_hand(ar_workdir):
-  from diffusion_lm import evaluate, pipeline
-  loaded = pipeline.load_checkpoint(ar_workdir)
+  from diffusion_lm import evaluate, scoring, workdir
+  loaded = workdir.load_checkpoint(ar_workdir)
   texts = ["alpha bravo", "charlie charlie delta echo", "foxtrot"]
-  tokens_NL, _ = evaluate.encode_rows(texts, loaded.tokenizer, loaded.config.data.seq_len, "pad")
+  tokens_NL, _ = scoring.encode_rows(texts, loaded.tokenizer, loaded.config.data.seq_len, "pad")
   logits_NLV = loaded.model.apply({"params": loaded.params}, tokens_NL)
   log_probs_NLV = np.asarray(jax.nn.log_softmax(logits_NLV), np.float64)
   nll, count = 0.0, 0
@@ -182,7 +182,7 @@ def test_samples_are_judged_against_as_many_real_sentences(markov, ar_workdir, d
 
 
 def test_distinct_n_counts_unique_ngrams_over_all_texts():
-  from diffusion_lm.evaluate import distinct_n
+  from diffusion_lm.scoring import distinct_n
   texts = ["the pub is near", "the pub is cheap"]
   assert distinct_n(texts, 1) == pytest.approx(5 / 8)
   assert distinct_n(texts, 2) == pytest.approx(4 / 6)

@@ -40,14 +40,13 @@ def run_worker(out_dir: str) -> None:
   import jax
   import ml_collections
 
-  from diffusion_lm import checkpoint, config_utils, parallel, pipeline, train
-  from diffusion_lm.models import build_model
-
+  from diffusion_lm import checkpoint, config_utils, kinds, parallel, pipeline, train_state, trainer
+  
   assert jax.device_count() == 8, jax.devices()
   timings = {}
   config = worker_config()
-  model = build_model(config, VOCAB)
-  optimizer = train.make_optimizer(config.train)
+  model = kinds.get(config.model.kind).build_model(config, VOCAB)
+  optimizer = train_state.make_optimizer(config.train)
   root_key = jax.random.key(config.seed)
   batches = np.random.default_rng(0).integers(2, VOCAB, (NUM_STEPS, config.train.batch_size,
                                                          config.data.seq_len)).astype(np.int32)
@@ -58,8 +57,8 @@ def run_worker(out_dir: str) -> None:
       mesh_config = ml_collections.ConfigDict(dict(zip(("data", "fsdp", "tensor"), shape)))
       mesh = parallel.make_mesh(mesh_config, jax.devices()[:int(np.prod(shape))])
       with parallel.activate(mesh, parallel.logical_rules(config.mesh)):
-        init_fn, abstract_state, shardings = train.state_shapes_and_shardings(model, config, optimizer, mesh)
-      step = jax.jit(train.make_train_step(model, config, optimizer),
+        init_fn, abstract_state, shardings = train_state.state_shapes_and_shardings(model, config, optimizer, mesh)
+      step = jax.jit(trainer.make_train_step(model, config, optimizer),
                      in_shardings=(shardings, parallel.batch_sharding(mesh), None),
                      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
       jitted[shape] = (mesh, init_fn, abstract_state, step)
@@ -85,7 +84,7 @@ def run_worker(out_dir: str) -> None:
     if initial_host_state is None:
       mesh, init_fn, _, _ = setup(MESHES["1x1x1"])
       with parallel.activate(mesh, parallel.logical_rules(config.mesh)):
-        initial_host_state = jax.device_get(init_fn(jax.random.fold_in(root_key, train.PARAMS_KEY)))
+        initial_host_state = jax.device_get(init_fn(jax.random.fold_in(root_key, train_state.PARAMS_KEY)))
     abstract_state = setup(shape)[2]
     return jax.device_put(initial_host_state, jax.tree.map(lambda leaf: leaf.sharding, abstract_state))
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from diffusion_lm import decoding, flops, tasks
-from diffusion_lm import train as train_lib
-from diffusion_lm.models import build_model
+from diffusion_lm import decoding, flops, kinds, parallel, train_state, trainer
+from diffusion_lm.data import layout
 
 VOCAB = 40
 
@@ -23,7 +22,7 @@ def _random_params(model, config, scale: float = 1.0):
 
   Kernels ~ N(0, scale² / fan_in), layer-norm scales ~ 1 ± 0.1, everything else ~ N(0, scale²).
   """
-  shapes = jax.eval_shape(lambda: train_lib.strip_boxes(tasks.init_variables(model, config, jax.random.key(0))["params"]))
+  shapes = jax.eval_shape(lambda: parallel.strip_boxes(kinds.get(config.model.kind).init_variables(model, config, jax.random.key(0))["params"]))
   rng = np.random.default_rng(0)
 
   def draw(path, leaf):
@@ -41,7 +40,7 @@ def ar_model_and_params():
   # repeat one token and the check would be weak.
   config = tiny_config(**{"model.kind": "autoregressive", "model.num_heads": 4, "data.seq_len": 12,
                           "model.tie_embeddings": False})
-  return build_model(config, VOCAB), _random_params(build_model(config, VOCAB), config)
+  return kinds.get(config.model.kind).build_model(config, VOCAB), _random_params(kinds.get(config.model.kind).build_model(config, VOCAB), config)
 
 
 def test_cached_step_logits_equal_the_full_causal_forward(ar_model_and_params):
@@ -97,7 +96,7 @@ def test_cached_decoding_equals_uncached_decoding_token_for_token(ar_model_and_p
 
 def test_pad_after_eos():
   tokens = jnp.array([[5, 1, 7, 1], [5, 6, 7, 8]])
-  np.testing.assert_array_equal(decoding.pad_after_eos(tokens), [[5, 1, 0, 0], [5, 6, 7, 8]])
+  np.testing.assert_array_equal(layout.pad_after_eos(tokens), [[5, 1, 0, 0], [5, 6, 7, 8]])
 
 
 def _dot_operand_dtypes(fn, *args):
@@ -117,21 +116,21 @@ def _dot_operand_dtypes(fn, *args):
 @pytest.mark.parametrize("kind", ["diffusion", "autoregressive"])
 def test_bfloat16_computes_in_bf16_with_fp32_params_and_finite_fp32_loss(kind):
   config = tiny_config(**{"model.dtype": "bfloat16", "model.kind": kind})
-  model = build_model(config, VOCAB)
-  optimizer = train_lib.make_optimizer(config.train)
+  model = kinds.get(config.model.kind).build_model(config, VOCAB)
+  optimizer = train_state.make_optimizer(config.train)
   params = _random_params(model, config)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": params,
            "opt_state": optimizer.init(params)}
   tokens_BL = jax.random.randint(jax.random.key(1), (8, 16), 4, VOCAB)
-  loss_fn = tasks.make_loss_fn(model, config)
+  loss_fn = kinds.get(config.model.kind).make_loss_fn(model, config)
   # The backbone's matmuls run in bf16 (Q, K, V, scores, weights·V, out, MLP in and out: 8 per
   # block); heads and losses that need the range stay in fp32.
   dtypes = _dot_operand_dtypes(lambda p: loss_fn(p, tokens_BL, jax.random.key(2), True)[0], state["params"])
   bf16 = sum(operands == ("bfloat16", "bfloat16") for operands in dtypes)
   assert bf16 >= 8 * config.model.num_layers, dtypes
   # An optimizer step keeps fp32 master weights (and an fp32 loss).
-  new_state, metrics = jax.eval_shape(train_lib.make_train_step(model, config, optimizer), state, tokens_BL,
+  new_state, metrics = jax.eval_shape(trainer.make_train_step(model, config, optimizer), state, tokens_BL,
                                       jax.random.key(3))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new_state["params"]))
   assert metrics["loss"].dtype == jnp.float32
@@ -145,9 +144,9 @@ def test_remat_gives_the_same_loss_and_gradients():
   results, params = [], None
   for remat in (False, True):  # With dropout: the recomputed forward must draw the same masks.
     config = tiny_config(**{"model.remat": remat, "model.dropout": 0.1, "model.num_layers": 1})
-    model = build_model(config, VOCAB)
+    model = kinds.get(config.model.kind).build_model(config, VOCAB)
     params = _random_params(model, config) if params is None else params
-    loss_fn = tasks.make_loss_fn(model, config)
+    loss_fn = kinds.get(config.model.kind).make_loss_fn(model, config)
     grad_fn = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, tokens_BL, jax.random.key(2), True)[0]))
     results.append(grad_fn(params))
   (loss, grads), (remat_loss, remat_grads) = results
@@ -162,12 +161,12 @@ def test_flop_counter_matches_a_hand_count_on_the_tiny_config():
   assert flops.block_forward_flops(16, 32, 64) == block == 294_912
   denoiser = 2 * block + 2 * 16 * 8 * 32 + 4 * 32 * 32 + 2 * 16 * 32 * 8  # blocks, in, time MLP, out
   rounding = 2 * 16 * 8 * 200  # x0 Eᵀ of the rounding loss
-  assert flops.train_step_flops(config, 200) == 8 * 3 * (denoiser + rounding) == 15_876_096
+  assert kinds.train_step_flops(config, 200) == 8 * 3 * (denoiser + rounding) == 15_876_096
   self_cond = tiny_config(**{"model.self_conditioning": True})
   denoiser_sc = denoiser + 2 * 16 * 8 * 32  # The input projection takes [z, x̂0_prev]: 2d wide.
-  assert flops.train_step_flops(self_cond, 200) == 8 * (3 * (denoiser_sc + rounding) + denoiser_sc)
+  assert kinds.train_step_flops(self_cond, 200) == 8 * (3 * (denoiser_sc + rounding) + denoiser_sc)
   ar = tiny_config(**{"model.kind": "autoregressive"})
-  assert flops.train_step_flops(ar, 200) == 8 * 3 * (2 * block + 2 * 16 * 32 * 200)
+  assert kinds.train_step_flops(ar, 200) == 8 * 3 * (2 * block + 2 * 16 * 32 * 200)
 
 
 def _dot_flops(fn, *args) -> int:
@@ -189,11 +188,11 @@ def _dot_flops(fn, *args) -> int:
 
 def test_flop_counter_matches_the_matmuls_jax_traces():
   config = tiny_config(**{"model.kind": "autoregressive"})
-  model = build_model(config, 200)
+  model = kinds.get(config.model.kind).build_model(config, 200)
   tokens_BL = jnp.zeros((8, 16), jnp.int32)
-  params = jax.eval_shape(lambda: train_lib.strip_boxes(tasks.init_variables(model, config, jax.random.key(0))["params"]))
+  params = jax.eval_shape(lambda: parallel.strip_boxes(kinds.get(config.model.kind).init_variables(model, config, jax.random.key(0))["params"]))
   traced = _dot_flops(lambda p: model.apply({"params": p}, tokens_BL), params)
-  assert traced * 3 == flops.train_step_flops(config, 200)
+  assert traced * 3 == kinds.train_step_flops(config, 200)
 
 
 def test_attention_implementation_switch():
@@ -202,7 +201,7 @@ def test_attention_implementation_switch():
   with pytest.raises(ConfigError, match="bfloat16"):
     config_utils.validate(tiny_config(**{"model.attention": "cudnn"}))
   config = tiny_config(**{"model.attention": "xla"})
-  model = build_model(config, VOCAB)
+  model = kinds.get(config.model.kind).build_model(config, VOCAB)
   assert model.attention == "xla"
   noisy_BLD, t_B = jnp.zeros((2, 16, 8)), jnp.full((2,), 0.5)
   params = _random_params(model, config)

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from diffusion_lm import train as train_lib
+from diffusion_lm import kinds, trainer, train_state
 from diffusion_lm.diffusion import samplers, schedules, time_warping
 from diffusion_lm.diffusion.model_fns import bind_denoiser
-from diffusion_lm.models import build_model
 
 
 def test_learned_schedule_is_monotone_with_trainable_endpoints():
@@ -47,10 +46,10 @@ def test_time_warped_grids_are_monotone_and_cover_the_unit_interval():
 
 
 def _model_and_params(config, vocab_size=30):
-  model = build_model(config, vocab_size)
-  optimizer = train_lib.make_optimizer(config.train)
+  model = kinds.get(config.model.kind).build_model(config, vocab_size)
+  optimizer = train_state.make_optimizer(config.train)
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  init_fn, _, _ = train_lib.state_shapes_and_shardings(model, config, optimizer, mesh)
+  init_fn, _, _ = train_state.state_shapes_and_shardings(model, config, optimizer, mesh)
   return model, optimizer, init_fn(jax.random.key(0))
 
 
@@ -76,7 +75,7 @@ def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
 def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   config = tiny_config(**{"train.num_steps": 60, "train.warmup_steps": 5, "train.learning_rate": 3e-3, **overrides})
   model, optimizer, state = _model_and_params(config)
-  step = jax.jit(train_lib.make_train_step(model, config, optimizer))
+  step = jax.jit(trainer.make_train_step(model, config, optimizer))
   tokens = jax.random.randint(jax.random.key(3), (8, config.data.seq_len), 4, 30)
   tokens = tokens.at[:, 10:].set(0)  # Padding, as in real batches.
   losses = []

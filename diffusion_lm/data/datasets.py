@@ -48,6 +48,9 @@ _provide_importlib_resources()
 import tensorflow_datasets as tfds  # noqa: E402  (after the shim above)
 
 SPLITS = ("train", "validation", "test")
+SOURCES = ("e2e", "text_files", "tfds")  # config.data.name
+E2E_SOURCES = ("bundled", "official")  # config.data.e2e_source
+E2E_TEXT_FIELDS = ("ref", "mr")  # config.data.text_field
 
 _BUNDLED_E2E_DIR = pathlib.Path(__file__).resolve().parent / "e2e"
 _E2E_FILES = {  # split -> CSV file name, in the bundle (plus ".xz") and in the zip
@@ -281,9 +284,9 @@ def load_texts(data_config: Any, split: str) -> list[str]:
   data_dir = data_config.tfds_data_dir or None
   if data_config.name == "e2e":
     text_field = data_config.text_field
-    if text_field not in ("ref", "mr"):
+    if text_field not in E2E_TEXT_FIELDS:
       raise DataError(f"data.text_field={text_field!r} is not 'ref' or 'mr'")
-    if data_config.e2e_source not in ("bundled", "official"):
+    if data_config.e2e_source not in E2E_SOURCES:
       raise DataError(f"data.e2e_source={data_config.e2e_source!r} is not 'bundled' or 'official'")
     make_builder = functools.partial(E2eNlg,
                                      config=data_config.e2e_source,

@@ -17,9 +17,9 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from diffusion_lm.data.layout import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from diffusion_lm.errors import UnencodableTextError
 
-PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("word", "unigram", "bpe")
 _WORD_BOUNDARY = "▁"  # sentencepiece's marker at the start of every word piece
 

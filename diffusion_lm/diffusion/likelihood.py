@@ -71,6 +71,14 @@ from diffusion_lm.diffusion.model_fns import DenoiserFns
 from diffusion_lm.diffusion.process import LogSnrFn, diffuse, marginal_fn
 
 TERMS = ("prior", "diffusion", "reconstruction")
+# What the bound is a bound on, by x0 estimate (reports carry it as `bound_on`).
+BOUND_ON = {
+    "network": ("the unclamped, temperature-1 model: z_1 ~ N(0, I), ancestral steps q(z_s | z_t, x = x0_hat), "
+                "w ~ softmax(logits(z_0, t=0)); clamping is a sampling heuristic outside it"),
+    "rounding": ("the model whose x0_hat is softmax(logits) E (a soft clamp through the tied rounding head), "
+                 "otherwise as the unclamped model; not the network's raw x0_hat"),
+}
+MODEL_NAMES = {"network": "the unclamped model", "rounding": "the soft-clamped model (x0_hat = softmax(logits) E)"}
 TIME_SAMPLING = ("uniform", "log_snr")
 X0_ESTIMATES = ("network", "rounding")
 

@@ -29,6 +29,9 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -
   return jnp.concatenate([jnp.sin(angles_BH), jnp.cos(angles_BH)], axis=-1)
 
 
+PARAMETERIZATIONS = ("direct", "categorical")  # What the network outputs (see the module doc).
+
+
 class Denoiser(nn.Module):
   """Bidirectional Transformer denoiser over noisy token embeddings."""
 

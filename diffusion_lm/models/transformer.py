@@ -35,6 +35,7 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
 # (XLA in jax 0.10), "xla" is the portable einsum-softmax-einsum, "cudnn" the fused cuDNN
 # flash-attention kernel (NVIDIA GPUs, bf16/fp16 compute only).
 ATTENTION_IMPLEMENTATIONS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+COMPUTE_DTYPES = ("float32", "bfloat16")  # config.model.dtype; parameters stay float32.
 
 
 def attention_implementation(name: str) -> str | None:

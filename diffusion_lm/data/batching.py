@@ -13,11 +13,12 @@ from typing import Protocol
 
 import numpy as np
 
+from diffusion_lm.data.layout import PAD_ID, layout_rows
+
 ENCODE_MODES = ("pad", "pack")
 
 
 class _Encoder(Protocol):  # what encode_corpus needs from diffusion_lm.data.tokenizer.Tokenizer
-  pad_id: int
   eos_id: int
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -27,8 +28,8 @@ class _Encoder(Protocol):  # what encode_corpus needs from diffusion_lm.data.tok
 def encode_corpus(texts: Sequence[str], tokenizer: _Encoder, seq_len: int, mode: str) -> np.ndarray:
   """Encodes texts into an int32 array [N, seq_len]; every text ends with eos.
 
-  "pad": one row per text, tokens + [eos], cut to seq_len (eos kept as the last token),
-  right-padded with pad_id. "pack": all (tokens + [eos]) streams concatenated and cut into
+  "pad": one row per text in the layout of data.layout (tokens, EOS, PAD; a long text is cut
+  and keeps its EOS). "pack": all (tokens + [eos]) streams concatenated and cut into
   consecutive seq_len rows; the ragged tail is dropped.
 
   Example:
@@ -43,16 +44,7 @@ def encode_corpus(texts: Sequence[str], tokenizer: _Encoder, seq_len: int, mode:
   token_lists = tokenizer.encode_batch(list(texts))
   if mode == "pack":
     return _pack(token_lists, tokenizer.eos_id, seq_len)
-  return _pad(token_lists, tokenizer.eos_id, tokenizer.pad_id, seq_len)
-
-
-def _pad(token_lists: list[list[int]], eos_id: int, pad_id: int, seq_len: int) -> np.ndarray:
-  rows = np.full((len(token_lists), seq_len), pad_id, dtype=np.int32)
-  for row, tokens in zip(rows, token_lists):
-    kept = min(len(tokens), seq_len - 1)  # leave room for eos, even when truncating
-    row[:kept] = tokens[:kept]
-    row[kept] = eos_id
-  return rows
+  return layout_rows(token_lists, seq_len)
 
 
 def _pack(token_lists: list[list[int]], eos_id: int, seq_len: int) -> np.ndarray:
@@ -145,7 +137,7 @@ class BatchSource:
 def iterate_eval_batches(
     tokens: np.ndarray,
     batch_size: int,
-    pad_id: int = 0,
+    pad_id: int = PAD_ID,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

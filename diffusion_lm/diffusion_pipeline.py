@@ -1,0 +1,315 @@
+"""The diffusion model's inference API: sampling, infilling, editing, guidance, scoring.
+
+`pipeline.load(WORKDIR)` (or `diffusion_lm.load`) returns a `Pipeline` for a diffusion workdir.
+
+Example:
+  >>> import diffusion_lm
+  >>> pipe = diffusion_lm.load("/tmp/e2e")
+  >>> for line in pipe.sample(num_samples=4, steps=50, seed=0):
+  ...   print(line)
+"""
+
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_lm import control, parallel, scoring, text_metrics
+from diffusion_lm.data.layout import SPECIAL_IDS, layout_row, layout_rows
+from diffusion_lm.data.tokenizer import Tokenizer
+from diffusion_lm.diffusion import guidance as guidance_lib
+from diffusion_lm.diffusion import likelihood, process, samplers
+from diffusion_lm.diffusion.model_fns import bind_denoiser
+from diffusion_lm.semantic_classifier import SemanticClassifier
+
+
+class Trajectory(NamedTuple):
+  """What the reverse process believed at each of its K steps (from `Pipeline.trajectory`).
+
+  At step k (time `times_K[k]`, from 1 towards 0) the denoiser sees z_t and predicts every
+  position's token: `tokens_KBL` is that argmax and `confidence_KBL` its softmax probability.
+  `final_tokens_BL` (argmax at t = 0) equal `sample_tokens` with the same arguments.
+  """
+  times_K: np.ndarray
+  tokens_KBL: np.ndarray
+  confidence_KBL: np.ndarray
+  final_tokens_BL: np.ndarray
+  step_texts: list[list[str]]  # [K][B]: tokens_KBL decoded (up to the first EOS).
+  texts: list[str]  # [B]: the final samples.
+
+
+class Pipeline:
+  """Samples text from a diffusion model's (EMA) parameters: free, infilled, edited, guided."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, params, tokenizer: Tokenizer,
+               mesh: jax.sharding.Mesh | None = None, step: int | None = None,
+               time_warp_table: jax.Array | None = None):
+    self.config, self.model, self.params, self.tokenizer = config, model, params, tokenizer
+    self.time_warp_table = time_warp_table  # CDCD time warping learned in training, if enabled.
+    self.mesh = mesh or parallel.local_mesh()
+    self.step = step
+    # γ(t) of this model (a learned schedule has parameters, so bind them).
+    self.log_snr_fn = lambda t: bind_denoiser(self.model, self.params).log_snr(t)
+    self._compiled = {}
+    self.workdir: str | None = None  # Set by load(); guidance looks for WORKDIR/classifier there.
+    self._classifier = None
+
+  def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False):
+    # The config's sampling settings are baked into the compiled function: they belong in the key,
+    # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
+    key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
+           bool(self.config.sample.draw_tokens))
+    if key not in self._compiled:
+      # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
+      def run(params, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None, start_noisy=None,
+              start_time=1.0, guidance=None):
+        fns = bind_denoiser(self.model, params)
+        anchors = None if anchor_tokens is None else samplers.Anchors(
+            anchor_tokens, anchor_mask, anchor_words_only, SPECIAL_IDS)
+        outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, self.log_snr_fn,
+                                  sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
+                                  draw_tokens=self.config.sample.draw_tokens,
+                                  time_warp_table=self.time_warp_table, anchors=anchors,
+                                  start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
+                                  return_trajectory=trajectory)
+        if not trajectory:
+          return outputs
+        tokens_BL, logits_KBLV = outputs  # Reduced here: K·B·L values leave the device, not K·B·L·V.
+        logits_KBLV = logits_KBLV.astype(jnp.float32)
+        confidence_KBL = jnp.exp(jnp.max(logits_KBLV, -1) - jax.nn.logsumexp(logits_KBLV, -1))
+        return tokens_BL, jnp.argmax(logits_KBLV, -1), confidence_KBL
+      # Replicated output: every process of a multi-host run can read the tokens.
+      self._compiled[key] = jax.jit(run, out_shardings=parallel.replicated(self.mesh))
+    return self._compiled[key]
+
+  def sample_tokens(self, num_samples: int = 8, steps: int | None = None, seed: int = 0,
+                    sampler: str | None = None, clamp: bool | None = None, **control_inputs) -> np.ndarray:
+    """Token ids [num_samples, seq_len] from the reverse process (defaults from config.sample).
+
+    `control_inputs` (anchor_tokens, anchor_mask, anchor_words_only, start_noisy, start_time, guidance) go to the
+    sampler as they are; `infill`, `edit` and `sample(length=, guidance=)` build them.
+    """
+    steps = steps or self.config.sample.steps
+    sampler = sampler or self.config.sample.sampler
+    clamp = self.config.sample.clamp if clamp is None else clamp
+    with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
+      tokens = self._sampler(num_samples, steps, sampler, clamp)(self.params, jax.random.key(seed), **control_inputs)
+    return np.asarray(jax.device_get(tokens))
+
+  def decode(self, tokens: np.ndarray) -> list[str]:
+    """Text of each row, up to its first EOS."""
+    return [self.tokenizer.decode(row.tolist()) for row in tokens]
+
+  def sample(self, num_samples: int = 8, steps: int | None = None, seed: int = 0,
+             sampler: str | None = None, clamp: bool | None = None, *, length: int | None = None,
+             guidance=None, mbr: int | None = None, best_of: int | None = None) -> list[str]:
+    """`num_samples` texts; same seed and settings give the same texts.
+
+    Args:
+      length: exact number of tokens (EOS pinned at that position, PAD after).
+      guidance: `["food=Italian", ...]` (the workdir's semantic classifier) or a `Guidance`.
+      mbr: draw this many candidates per sample and keep the minimum-Bayes-risk one.
+      best_of: draw this many guided candidates per sample and keep the one the guidance's
+        scorer rates highest on its finished text (log p(c | E[w], t=0)); needs `guidance`.
+
+    Example:
+      >>> pipe.sample(4, length=12, guidance=["food=Italian", "area=riverside"], best_of=4)
+    """
+    if length is None and guidance is None and mbr is None and best_of is None:
+      return self.decode(self.sample_tokens(num_samples, steps, seed, sampler, clamp))
+    return self.infill(None, num_samples, steps, seed, sampler, clamp, length=length, guidance=guidance, mbr=mbr,
+                       best_of=best_of)
+
+  def infill(self, template: str | None = None, num_samples: int = 1, steps: int | None = None, seed: int = 0,
+             sampler: str | None = None, clamp: bool | None = None, *, prefix: str | None = None,
+             suffix: str | None = None, anchors: dict[int, str] | None = None, length: int | None = None,
+             blank: str = control.DEFAULT_BLANK, max_blank_len: int = control.DEFAULT_MAX_BLANK_LEN,
+             guidance=None, mbr: int | None = None, best_of: int | None = None) -> list[str]:
+    """Writes around pinned words: a template with blanks, a prefix/suffix, words at positions.
+
+    Pinned tokens are re-imposed at every step (x̂0 = E[w] there), so they appear exactly where
+    given. See `control.build_plan` for the template syntax (`__` one word, `__*N` up to N words,
+    a trailing `__*` lets the model choose the length).
+
+    Example:
+      >>> pipe.infill("The Eagle is a __ __ near __ .", num_samples=2)
+      >>> pipe.infill(prefix="The Eagle", suffix="in the city centre .", length=12)
+      >>> pipe.infill(anchors={5: "Italian"}, length=14, mbr=4)
+    """
+    plan = control.build_plan(self.tokenizer, self.config.data.seq_len, template, prefix=prefix, suffix=suffix,
+                              anchors=anchors, length=length, blank=blank, max_blank_len=max_blank_len)
+    return self._generate(plan, num_samples, steps, seed, sampler, clamp, guidance=guidance, mbr=mbr,
+                          best_of=best_of)
+
+  def edit(self, text: str, strength: float, num_samples: int = 1, steps: int | None = None, seed: int = 0,
+           sampler: str | None = None, clamp: bool | None = None, *, keep=(), guidance=None,
+           mbr: int | None = None, best_of: int | None = None) -> list[str]:
+    """Rewrites a draft: noise its embeddings to time t* = `strength`, then denoise from there.
+
+    Strength 0 adds no noise and returns the draft; 1 starts from pure noise (a new sample). The
+    number of steps scales with the strength (`steps` is for a full run). `keep` pins words
+    (strings, every occurrence) or positions (ints) of the draft.
+
+    Example:
+      >>> pipe.edit("The Eagle are a cheap pub .", strength=0.4, keep=["Eagle"])
+    """
+    strength = control.check_strength(strength)
+    seq_len = self.config.data.seq_len
+    ids = control.encode_words(self.tokenizer, text, "the draft")
+    if len(ids) > seq_len - 1:
+      raise control.TemplateError(f"the draft has {len(ids)} tokens but the model holds {seq_len - 1} plus EOS")
+    draft_L = layout_row(ids, seq_len)
+    if strength == 0.0:
+      return [self.tokenizer.decode(draft_L)] * num_samples  # Nothing is noised, nothing changes.
+    mask_L = np.zeros(seq_len, bool)
+    mask_L[:len(ids)] = control.keep_mask(ids, keep, self.tokenizer)
+    plan = control.Plan(draft_L, mask_L, np.zeros(seq_len, bool), None)
+    full_steps = steps or self.config.sample.steps
+    return self._generate(plan, num_samples, max(1, round(full_steps * strength)), seed, sampler, clamp,
+                          guidance=guidance, mbr=mbr, best_of=best_of, drafts=draft_L, start_time=strength)
+
+  def guidance(self, controls, fluency_weight: float = guidance_lib.FLUENCY_WEIGHT,
+               step_size: float = guidance_lib.STEP_SIZE, num_steps: int = guidance_lib.NUM_STEPS):
+    """A `Guidance` towards `["food=Italian", ...]` from the workdir's semantic classifier.
+
+    Example:
+      >>> guide = pipe.guidance(["food=Italian"], fluency_weight=0.01, step_size=0.1, num_steps=3)  # Diffusion-LM's
+      >>> pipe.sample(4, guidance=guide)
+    """
+    if self._classifier is None:
+      if self.workdir is None:
+        raise control.ControlError("this pipeline was not loaded from a workdir; load it with "
+                                   "diffusion_lm.load(WORKDIR) to use its classifier")
+      self._classifier = SemanticClassifier.load(self.workdir)
+      trained_on = self._classifier.info.get("diffusion_step")
+      if trained_on not in (None, self.step):  # Its latents came from other embeddings.
+        warnings.warn(f"the classifier in {self.workdir} was trained on checkpoint {trained_on}, this is "
+                      f"{self.step}; retrain it (python -m diffusion_lm.train_classifier --workdir=...)")
+    return self._classifier.guidance(controls, 1, fluency_weight, step_size, num_steps)
+
+  def mbr(self, candidates: list[str]) -> str:
+    """The candidate with the highest mean BLEU against the others (minimum Bayes risk).
+
+    Example:
+      >>> pipe.mbr(pipe.infill("The Eagle is a __ __ .", num_samples=8))
+    """
+    return candidates[text_metrics.mbr_select(candidates)]
+
+  def trajectory(self, num_samples: int = 1, steps: int | None = None, seed: int = 0, sampler: str | None = None,
+                 clamp: bool | None = None, **control_inputs) -> Trajectory:
+    """Samples like `sample_tokens` and records the denoiser's prediction at every step.
+
+    Example:
+      >>> traj = pipe.trajectory(num_samples=2, steps=50, seed=0)
+      >>> traj.step_texts[0][0], traj.texts[0]  # The first step's guess and the final sample.
+      >>> plt.imshow(traj.confidence_KBL[:, 0].T)  # Positions × steps, max softmax probability.
+    """
+    steps = steps or self.config.sample.steps
+    sampler = sampler or self.config.sample.sampler
+    clamp = self.config.sample.clamp if clamp is None else clamp
+    with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
+      outputs = self._sampler(num_samples, steps, sampler, clamp, trajectory=True)(
+          self.params, jax.random.key(seed), **control_inputs)
+    final_BL, tokens_KBL, confidence_KBL = (np.asarray(x) for x in jax.device_get(outputs))
+    times_K = samplers.time_grid(steps, float(control_inputs.get("start_time", 1.0)), self.time_warp_table)[:-1]
+    return Trajectory(np.asarray(times_K), tokens_KBL, confidence_KBL, final_BL,
+                      [self.decode(step_BL) for step_BL in tokens_KBL], self.decode(final_BL))
+
+  def score(self, texts: str | list[str], num_t_samples: int = 8, seed: int = 0) -> list[dict]:
+    """The likelihood bound of each text, as `python -m diffusion_lm.evaluate` computes it.
+
+    Per text: `nll_nats_per_token` (an upper bound on −log p(w) per token, EOS counted),
+    `bits_per_token`, `perplexity_bound`, `stderr` (Monte Carlo, `num_t_samples` times), the
+    three terms (`prior_`, `diffusion_`, `reconstruction_nats_per_token`), `num_tokens`, and
+    `num_unk_tokens` / `truncated` (words the tokenizer cannot encode, text longer than the
+    model's sequence). Each text is one padded row; it is a bound on the unclamped model (see
+    diffusion/likelihood.py).
+
+    Example:
+      >>> [r["nll_nats_per_token"] for r in pipe.score(["The Eagle is a pub .", "pub pub the the"])]
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or num_t_samples < 2 or num_t_samples % 2:
+      raise control.ControlError("give at least one text and an even num_t_samples >= 2")
+    key = ("score", num_t_samples, seed)
+    if key not in self._compiled:  # The same row function each call, so jit reuses its compilation.
+      self._compiled[key] = scoring.likelihood_row_fn(self.model, self.config, scoring.ScoringOptions(
+          num_t_samples, seed, embedding_noise=False, discrete_steps=0, time_sampling="log_snr"))
+    seq_len = self.config.data.seq_len
+    tokens_NL, _ = scoring.encode_rows(texts, self.tokenizer, seq_len, "pad")
+    devices = parallel.data_parallel_size(self.mesh)
+    batch_size = devices * -(-8 // devices)  # Fixed (short lists are padded): one compilation for any list.
+    per_row = scoring.score_rows(self._compiled[key], self.params, tokens_NL, batch_size, self.mesh,
+                                  parallel.logical_rules(self.config.mesh), progress=False)
+    return [{"text": text, **likelihood.summarize({name: values[i:i + 1] for name, values in per_row.items()}),
+             "num_unk_tokens": int(np.sum(tokens_NL[i] == self.tokenizer.unk_id)),
+             "truncated": len(self.tokenizer.encode(text)) + 1 > seq_len}
+            for i, text in enumerate(texts)]
+
+  def _generate(self, plans, num_samples: int, steps: int | None, seed: int, sampler, clamp, *,
+                guidance=None, mbr: int | None = None, best_of: int | None = None, drafts=None,
+                start_time: float = 1.0) -> list[str]:
+    """Samples `num_samples` texts under constraints, each picked from `mbr` or `best_of` candidates.
+
+    Args:
+      plans: one `control.Plan` for every sample, or a list with one per sample.
+      guidance: `["field=value", ...]` or a `Guidance` (targets [1 or num_samples, C, 2]).
+      best_of: keep the candidate the guidance's scorer rates highest on its finished text.
+      drafts: token rows to start from at `start_time` (editing): [L] or [num_samples, L].
+    """
+    if num_samples < 1 or any(n is not None and n < 1 for n in (mbr, best_of)):
+      raise control.ControlError("num_samples, mbr and best_of must be >= 1")
+    if mbr is not None and best_of is not None:
+      raise control.ControlError("choose one way to pick among candidates: mbr (consensus) or best_of (control score)")
+    if best_of is not None and guidance is None:
+      raise control.ControlError("best_of ranks candidates by the control's score: give guidance too "
+                                 "(e.g. guidance=['food=Italian']), or use mbr")
+    plans = [plans] * num_samples if isinstance(plans, control.Plan) else list(plans)
+    if len(plans) != num_samples:
+      raise ValueError(f"{len(plans)} plans for {num_samples} samples")
+    copies = mbr or best_of or 1
+    row_plans = [plan for plan in plans for _ in range(copies)]  # Candidates of a sample are adjacent.
+    batch = len(row_plans)
+    inputs = {}
+    if any(plan.mask_L.any() for plan in row_plans):
+      inputs["anchor_tokens"] = np.stack([plan.tokens_L for plan in row_plans])
+      inputs["anchor_mask"] = np.stack([plan.mask_L for plan in row_plans])
+      inputs["anchor_words_only"] = np.stack([plan.words_only_L for plan in row_plans])
+    if guidance is not None:
+      guide = self.guidance(guidance) if isinstance(guidance, (list, tuple)) else guidance
+      if copies > 1 and np.shape(guide.targets)[0] == num_samples > 1:
+        guide = guide.replace(targets=np.repeat(np.asarray(guide.targets), copies, axis=0))
+      inputs["guidance"] = guide
+    if drafts is not None:  # z = α_t* E[draft] + σ_t* ε
+      drafts_BL = np.repeat(np.broadcast_to(drafts, (num_samples, self.config.data.seq_len)), copies, axis=0)
+      alpha, sigma = process.alpha_sigma(self.log_snr_fn(np.float32(start_time)))
+      draft_BLD = bind_denoiser(self.model, self.params).embed(drafts_BL)
+      noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1), draft_BLD.shape)
+      inputs["start_noisy"] = process.diffuse(draft_BLD, alpha, sigma, noise)
+      inputs["start_time"] = np.float32(start_time)
+    rows = self.sample_tokens(batch, steps, seed, sampler, clamp, **inputs)
+    texts = [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(row_plans, rows)]
+    if copies == 1:
+      return texts
+    if best_of is not None:
+      scores = self.control_scores(inputs["guidance"], [plan.content_ids(row) for plan, row in zip(row_plans, rows)])
+      return [texts[i * copies + int(np.argmax(scores[i * copies:(i + 1) * copies]))] for i in range(num_samples)]
+    return [self.mbr(texts[i * copies:(i + 1) * copies]) for i in range(num_samples)]
+
+  def control_scores(self, guide, texts_or_ids) -> np.ndarray:
+    """log p(c | E[w], t=0) per text: how strongly a `Guidance`'s scorer sees its control in finished text.
+
+    Each text is laid out as in training (tokens, EOS, PAD) and scored at t = 0; `guide`'s targets
+    are [1, C, 2] (every text) or one row per text.
+
+    Example:
+      >>> pipe.control_scores(pipe.guidance(["food=Italian"]), ["An Italian pub .", "A pub ."])
+    """
+    seq_len = self.config.data.seq_len
+    rows_BL = layout_rows([self.tokenizer.encode(item) if isinstance(item, str) else item
+                           for item in texts_or_ids], seq_len)
+    clean_BLD = bind_denoiser(self.model, self.params).embed(jnp.asarray(rows_BL))
+    return np.asarray(guide.log_prob(clean_BLD, jnp.zeros(len(rows_BL))))

@@ -1,0 +1,166 @@
+"""Evaluation as a library: a likelihood report for a workdir, and sample quality under a judge.
+
+`evaluate` scores a split (or a text file) with the workdir's EMA weights, through its model kind's
+row function and report (scoring.py): the diffusion bound, or the AR model's exact perplexity, over
+the same tokens. `evaluate_samples` scores generated text with an autoregressive judge. The eval
+binary (evaluate.py) parses flags and calls these; its docstring says what every figure means.
+
+Example:
+  >>> report = evaluate("/tmp/e2e", split="test", num_t_samples=8)
+  >>> report["nll_nats_per_token"], report["stderr"]
+"""
+
+import datetime
+import os
+import time
+
+import jax
+import numpy as np
+
+from diffusion_lm import kinds, parallel, scoring, workdir as workdir_lib
+from diffusion_lm.data import datasets
+from diffusion_lm.diffusion import likelihood
+from diffusion_lm.errors import UserError
+
+TOKENS_COUNTED = ("non-PAD positions of the encoded rows, EOS included; for the diffusion bound the "
+                  "numerator sums over all positions, PAD included (the model generates the padding)")
+
+
+def eval_texts(config, split: str, text_file: str | None) -> list[str]:
+  """The texts of `split` of the workdir's dataset, or the non-blank lines of `text_file`."""
+  if text_file:
+    if not os.path.isfile(text_file):
+      raise UserError(f"--text_file={text_file} does not exist; give a UTF-8 file with one example per line")
+    texts = list(datasets.read_text_lines(text_file))
+    if not texts:
+      raise UserError(f"--text_file={text_file} has no non-blank lines; give one example per line")
+    return texts
+  return datasets.load_texts(config.data, split)
+
+
+def evaluate(workdir: str, split: str = "test", text_file: str | None = None, num_t_samples: int = 8,
+             seed: int = 0, batch_size: int = 64, embedding_noise: bool | None = None, discrete_steps: int = 0,
+             time_sampling: str = "log_snr", x0_estimate: str = "network", max_sequences: int = 0,
+             step: int | None = None, write: bool = True, progress: bool = True) -> dict:
+  """Scores `split` (or `text_file`) with the workdir's EMA weights; returns (and writes) the report.
+
+  Diffusion: the likelihood bound with `num_t_samples` times per sequence (see
+  diffusion/likelihood.py; `embedding_noise=None` folds Diffusion-LM's σ_0 noise into the forward
+  process exactly when the model was trained with the `e2e` objective, and `x0_estimate`
+  "rounding" bounds the soft-clamped model); autoregressive: exact perplexity. `max_sequences` > 0 keeps the first
+  that many sequences (quick checks). The report goes to WORKDIR/eval/<split>.json
+  (WORKDIR/eval/text_<stem>.json for a text file).
+
+  Example:
+    >>> report = evaluate("/tmp/e2e", split="test", num_t_samples=8)
+    >>> report["nll_nats_per_token"], report["stderr"]
+  """
+  started = time.perf_counter()
+  if num_t_samples < 2 or num_t_samples % 2:
+    raise UserError(f"--num_t_samples={num_t_samples} must be even and >= 2 (two independent halves "
+                    "give the standard error); use e.g. 8")
+  if discrete_steps < 0 or max_sequences < 0:
+    raise UserError("--discrete_steps and --max_sequences must be >= 0")
+  if time_sampling not in likelihood.TIME_SAMPLING:
+    raise UserError(f"--time_sampling={time_sampling} is not one of {', '.join(likelihood.TIME_SAMPLING)}")
+  if x0_estimate not in likelihood.X0_ESTIMATES:
+    raise UserError(f"--x0_estimate={x0_estimate} is not one of {', '.join(likelihood.X0_ESTIMATES)}")
+  loaded = workdir_lib.load_checkpoint(workdir, step)
+  config = loaded.config
+  if embedding_noise is None:  # The forward process the model was trained on.
+    embedding_noise = config.diffusion.objective == "e2e"
+  texts = eval_texts(config, split, text_file)
+  if max_sequences:
+    texts = texts[:max_sequences]
+  tokens_NL, stats = scoring.encode_rows(texts, loaded.tokenizer, config.data.seq_len, config.data.mode)
+  name = f"text_{os.path.splitext(os.path.basename(text_file))[0]}" if text_file else split
+  kind = kinds.get(config.model.kind)
+  options = scoring.ScoringOptions(num_t_samples, seed, embedding_noise, discrete_steps, time_sampling, x0_estimate)
+  per_row = scoring.score_rows(kind.row_fn(loaded.model, config, options), loaded.params, tokens_NL, batch_size,
+                               loaded.mesh, parallel.logical_rules(config.mesh), desc=f"score {name}",
+                               progress=progress)
+  report = kind.report(per_row, options)
+  report |= stats | {"tokens_counted": TOKENS_COUNTED, "checkpoint_step": int(loaded.step),
+                     "model_kind": config.model.kind}
+  report["settings"] = {
+      "workdir": os.path.abspath(workdir), "split": None if text_file else split,
+      "text_file": os.path.abspath(text_file) if text_file else None, "num_t_samples": num_t_samples,
+      "seed": seed, "batch_size": batch_size, "embedding_noise": embedding_noise,
+      "discrete_steps": discrete_steps, "time_sampling": time_sampling, "x0_estimate": x0_estimate,
+      "max_sequences": max_sequences,
+      "weights": "ema", "seq_len": config.data.seq_len, "data_mode": config.data.mode,
+      "objective": config.diffusion.objective, "schedule": config.diffusion.schedule,
+      "parameterization": config.model.parameterization, "self_conditioning": config.model.self_conditioning,
+      "num_devices": jax.device_count(), "num_processes": jax.process_count(), "platform": jax.default_backend(),
+      "jax_version": jax.__version__, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+      "wall_seconds": round(time.perf_counter() - started, 1)}
+  if write:
+    workdir_lib.write_report(workdir, name, report)
+  return report
+
+
+def evaluate_samples(workdir: str, samples_file: str, judge_workdir: str, seed: int = 0, batch_size: int = 64,
+                     write: bool = True, progress: bool = True) -> dict:
+  """Generative perplexity (under an AR judge) and distinct-n of `samples_file`, and of as many real
+  validation sentences of the workdir's dataset (a seeded random draw), the reference.
+
+  Example:
+    >>> report = evaluate_samples("/tmp/e2e", "/tmp/e2e/samples.txt", judge_workdir="/tmp/e2e_ar")
+    >>> report["samples"]["judge_perplexity"], report["reference"]["judge_perplexity"]
+  """
+  started = time.perf_counter()
+  if not os.path.isfile(samples_file):
+    raise UserError(f"--samples={samples_file} does not exist; write one sample per line "
+                    "(python -m diffusion_lm.sample --output=FILE)")
+  with open(samples_file, encoding="utf-8") as f:
+    samples = [line.strip() for line in f.read().splitlines()]
+  while samples and not samples[-1]:
+    samples.pop()  # A trailing blank line is the file's end, not an empty sample.
+  if not samples:
+    raise UserError(f"--samples={samples_file} is empty; write one sample per line")
+  judge = workdir_lib.load_checkpoint(judge_workdir)
+  if judge.config.model.kind != "autoregressive":
+    raise UserError(f"--judge_workdir={judge_workdir} holds a {judge.config.model.kind} model; the judge must "
+                    "be autoregressive (train one with --config=configs/e2e_ar.py)")
+  config = workdir_lib.saved_config(workdir)
+  validation = datasets.load_texts(config.data, "validation")
+  chosen = np.sort(np.random.default_rng(seed).choice(len(validation), min(len(samples), len(validation)),
+                                                      replace=False))
+  references = [validation[i] for i in chosen]
+  row_fn = scoring.autoregressive_row_fn(judge.model)
+  report = {"samples": scoring.judge_texts(judge, samples, batch_size, "judge samples", progress, row_fn),
+            "reference": scoring.judge_texts(judge, references, batch_size, "judge references", progress, row_fn),
+            "judge_step": int(judge.step), "tokens_counted": "non-PAD positions, EOS included"}
+  report["settings"] = {
+      "workdir": os.path.abspath(workdir), "samples_file": os.path.abspath(samples_file),
+      "judge_workdir": os.path.abspath(judge_workdir), "reference_split": "validation", "seed": seed,
+      "batch_size": batch_size, "judge_seq_len": judge.config.data.seq_len,
+      "num_devices": jax.device_count(), "jax_version": jax.__version__,
+      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+      "wall_seconds": round(time.perf_counter() - started, 1)}
+  if write:
+    workdir_lib.write_report(workdir, f"samples_{os.path.splitext(os.path.basename(samples_file))[0]}", report)
+  return report
+
+
+def format_report(report: dict) -> str:
+  """One human-readable line per figure."""
+  if "samples" in report:
+    lines = []
+    for name in ("samples", "reference"):
+      part = report[name]
+      lines.append(f"{name:9s}: judge perplexity {part['judge_perplexity']:.2f}, distinct-1/2/3 "
+                   f"{part['distinct_1']:.3f}/{part['distinct_2']:.3f}/{part['distinct_3']:.3f}, "
+                   f"{part['num_sequences']} sequences, {part['mean_words']:.1f} words on average")
+    return "\n".join(lines)
+  where = report["settings"]["split"] or report["settings"]["text_file"]
+  counted = f"{report['num_tokens']:,} tokens (EOS counted, PAD not) in {report['num_sequences']:,} sequences"
+  if report["exact"]:
+    return (f"{where}: {report['nll_nats_per_token']:.4f} nats/token, {report['bits_per_token']:.4f} bits, "
+            f"perplexity {report['perplexity']:.3f} (exact) over {counted}")
+  terms = ", ".join(f"{term} {report[f'{term}_nats_per_token']:.4f}" for term in likelihood.TERMS)
+  terms += f"; of the total, PAD positions {report['pad_nats_per_token']:.4f}"
+  return (f"{where}: <= {report['nll_nats_per_token']:.4f} ± {report['stderr']:.4f} nats/token "
+          f"({report['bits_per_token']:.4f} bits, perplexity <= {report['perplexity_bound']:.5g}) over {counted}\n"
+          f"  terms (nats/token): {terms}\n  a bound on {likelihood.MODEL_NAMES[report['settings']['x0_estimate']]}, "
+          f"embedding_noise={report['settings']['embedding_noise']}")
