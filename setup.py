@@ -27,7 +27,8 @@ setup(
         "importlib_resources",  # tfds imports it for builders defined outside tfds.
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "test": ["pytest>=8", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "matplotlib",
+                 "grimp>=3.5"],  # grimp: the import graph behind tests/test_architecture.py.
         "notebooks": ["matplotlib"],  # colabs/*.ipynb (plus a Jupyter frontend, or Colab).
     },
     entry_points={

@@ -25,6 +25,12 @@ from diffusion_lm.models.classifier import LatentClassifier
 from diffusion_lm.semantic_classifier import LabelSpace, SemanticClassifier, e2e_pairs, init_params
 
 
+def labelled_rows(pipe, refs: list[str], mrs: list[str], label_space: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
+  """(token rows [N, L], labels [N, fields]) of E2E references and their MRs, in the model's layout."""
+  tokens_NL = batching.encode_corpus(refs, pipe.tokenizer, pipe.config.data.seq_len, "pad")
+  return tokens_NL, np.stack([label_space.labels(mr) for mr in mrs])
+
+
 def train_classifier(workdir: str, num_steps: int = 2000, batch_size: int = 64, learning_rate: float = 1e-3,
                      d_model: int = 64, num_layers: int = 2, seed: int = 0, log=print) -> dict:
   """Trains the semantic classifier on `workdir`'s E2E latents and saves it there.
@@ -49,15 +55,12 @@ def train_classifier(workdir: str, num_steps: int = 2000, batch_size: int = 64, 
     raise UserError("--steps and --batch_size must be >= 1")
   start = time.perf_counter()
   pipe = pipeline.load(workdir)
-  config = pipe.config
-  refs, mrs = e2e_pairs(config.data, "train")
-  val_refs, val_mrs = e2e_pairs(config.data, "validation")
+  seq_len = pipe.config.data.seq_len
+  refs, mrs = e2e_pairs(pipe.config.data, "train")
   label_space = LabelSpace.from_mrs(mrs)
-  seq_len = config.data.seq_len
-  tokens_NL = batching.encode_corpus(refs, pipe.tokenizer, seq_len, "pad")
-  labels_NF = np.stack([label_space.labels(mr) for mr in mrs])
-  val_tokens = batching.encode_corpus(val_refs, pipe.tokenizer, seq_len, "pad")[:512]
-  val_labels = np.stack([label_space.labels(mr) for mr in val_mrs])[:512]
+  tokens_NL, labels_NF = labelled_rows(pipe, refs, mrs, label_space)
+  val_tokens, val_labels = (rows[:512] for rows in labelled_rows(pipe, *e2e_pairs(pipe.config.data, "validation"),
+                                                                  label_space))
 
   # The table the sampler moves in (normalised if the model normalises it), and its schedule.
   embedding_VD = jnp.asarray(jax.device_get(bind_denoiser(pipe.model, pipe.params).embedding_table))

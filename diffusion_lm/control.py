@@ -187,42 +187,69 @@ def build_plan(tokenizer, seq_len: int, template: str | None = None, *, prefix: 
   if template is None and (prefix is not None or suffix is not None):
     template = _prefix_suffix_template(tokenizer, prefix, suffix, length, blank, max_blank_len)
 
-  # Each slot: ("word", id) | ("free", None) | ("optional", None); `open_tail` = free to the end.
-  slots: list[tuple[str, int | None]] = []
-  open_tail = template is None
-  if template is not None:
-    if not template.strip():
-      raise TemplateError("the template is empty; write words and blanks, e.g. 'The Eagle is a __ __ .'")
-    pieces = template.split()
-    literal: list[str] = []
-    unknown: list[str] = []
+  slots, open_tail = _template_slots(tokenizer, template, blank, max_blank_len)
+  _pin_anchors(tokenizer, slots, anchors or {})
+  used = len(slots)
+  if length is not None:
+    if used > length:
+      raise TemplateError(f"the template and anchors need {used} positions but length={length}")
+    if not open_tail and used < length and template is not None:
+      raise TemplateError(f"the template has {used} positions but length={length}; add blanks or end it with "
+                          f"{blank}* to let the model fill the rest")
+    slots.extend([("free", None)] * (length - used))
+    open_tail = False
+  if len(slots) > seq_len - 1:
+    raise TemplateError(f"the template and anchors need {len(slots)} positions but the model holds "
+                        f"{seq_len - 1} tokens plus EOS (seq_len={seq_len}); use fewer blanks or words")
+  return _plan_from_slots(slots, open_tail, seq_len)
 
-    def flush():
-      if literal:
-        text = " ".join(literal)
-        try:
-          slots.extend(("word", token) for token in tokenizer.encode_strict(text))
-        except UnencodableTextError as error:
-          unknown.append(str(error).split(": ", 1)[-1])
-        literal.clear()
 
-    for index, piece in enumerate(pieces):
-      parsed = _parse_blank(piece, blank, max_blank_len)
-      if parsed is None:
-        literal.append(piece)
-        continue
-      flush()
-      slots_in_blank, variable = parsed
-      if variable and index == len(pieces) - 1 and not re.search(r"\d$", piece):
-        open_tail = True  # A trailing "__*": the model writes to its own EOS.
-      else:
-        slots.extend([("optional" if variable else "free", None)] * slots_in_blank)
+# A template's positions: ("word", id) | ("free", None) | ("optional", None).
+Slots = list[tuple[str, int | None]]
+
+
+def _template_slots(tokenizer, template: str | None, blank: str, max_blank_len: int) -> tuple[Slots, bool]:
+  """(slots, open_tail): the template's positions, and whether the model writes on to its own EOS."""
+  if template is None:
+    return [], True
+  if not template.strip():
+    raise TemplateError("the template is empty; write words and blanks, e.g. 'The Eagle is a __ __ .'")
+  slots: Slots = []
+  open_tail = False
+  pieces = template.split()
+  literal: list[str] = []
+  unknown: list[str] = []
+
+  def flush():
+    if literal:
+      text = " ".join(literal)
+      try:
+        slots.extend(("word", token) for token in tokenizer.encode_strict(text))
+      except UnencodableTextError as error:
+        unknown.append(str(error).split(": ", 1)[-1])
+      literal.clear()
+
+  for index, piece in enumerate(pieces):
+    parsed = _parse_blank(piece, blank, max_blank_len)
+    if parsed is None:
+      literal.append(piece)
+      continue
     flush()
-    if unknown:
-      raise UnencodableWordsError(f"the template has words the model cannot write: {', '.join(unknown)} "
-                                  "(rephrase them or use a blank)")
+    slots_in_blank, variable = parsed
+    if variable and index == len(pieces) - 1 and not re.search(r"\d$", piece):
+      open_tail = True  # A trailing "__*": the model writes to its own EOS.
+    else:
+      slots.extend([("optional" if variable else "free", None)] * slots_in_blank)
+  flush()
+  if unknown:
+    raise UnencodableWordsError(f"the template has words the model cannot write: {', '.join(unknown)} "
+                                "(rephrase them or use a blank)")
+  return slots, open_tail
 
-  for position, word in sorted((anchors or {}).items()):
+
+def _pin_anchors(tokenizer, slots: Slots, anchors: Mapping[int, str]) -> None:
+  """Writes each anchor's tokens into `slots` from its position on (free slots added as needed)."""
+  for position, word in sorted(anchors.items()):
     ids = encode_words(tokenizer, word, f"anchor {position}:{word!r}")
     if position < 0:
       raise TemplateError(f"anchor position {position} is negative; positions start at 0")
@@ -235,20 +262,9 @@ def build_plan(tokenizer, seq_len: int, template: str | None = None, *, prefix: 
         raise TemplateError(f"anchor {position}:{word!r} clashes with the template's word at position {at}")
       slots[at] = ("word", token)
 
-  used = len(slots)
-  capacity = seq_len - 1
-  if length is not None:
-    if used > length:
-      raise TemplateError(f"the template and anchors need {used} positions but length={length}")
-    if not open_tail and used < length and template is not None:
-      raise TemplateError(f"the template has {used} positions but length={length}; add blanks or end it with "
-                          f"{blank}* to let the model fill the rest")
-    slots.extend([("free", None)] * (length - used))
-    open_tail = False
-  if len(slots) > capacity:
-    raise TemplateError(f"the template and anchors need {len(slots)} positions but the model holds "
-                        f"{capacity} tokens plus EOS (seq_len={seq_len}); use fewer blanks or words")
 
+def _plan_from_slots(slots: Slots, open_tail: bool, seq_len: int) -> Plan:
+  """The plan's arrays: pinned words, optional slots, and EOS then PAD after a closed text."""
   tokens_L = np.full(seq_len, PAD_ID, np.int32)
   mask_L = np.zeros(seq_len, bool)
   optional_L = np.zeros(seq_len, bool)
@@ -259,7 +275,7 @@ def build_plan(tokenizer, seq_len: int, template: str | None = None, *, prefix: 
   end = None
   if not open_tail:
     end = len(slots)
-    tokens_L[end] = EOS_ID  # PAD after it, as in training rows.
+    tokens_L[end] = EOS_ID  # PAD after it, as in training rows (data.layout).
     mask_L[end:] = True
   return Plan(tokens_L, mask_L, optional_L, end)
 

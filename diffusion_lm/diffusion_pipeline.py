@@ -92,12 +92,17 @@ class Pipeline:
     `control_inputs` (anchor_tokens, anchor_mask, anchor_words_only, start_noisy, start_time, guidance) go to the
     sampler as they are; `infill`, `edit` and `sample(length=, guidance=)` build them.
     """
+    tokens = self._run_sampler(num_samples, steps, seed, sampler, clamp, False, control_inputs)
+    return np.asarray(jax.device_get(tokens))
+
+  def _run_sampler(self, num_samples, steps, seed, sampler, clamp, trajectory: bool, control_inputs: dict):
+    """The compiled reverse process on this pipeline's mesh; None settings come from config.sample."""
     steps = steps or self.config.sample.steps
     sampler = sampler or self.config.sample.sampler
     clamp = self.config.sample.clamp if clamp is None else clamp
     with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
-      tokens = self._sampler(num_samples, steps, sampler, clamp)(self.params, jax.random.key(seed), **control_inputs)
-    return np.asarray(jax.device_get(tokens))
+      return self._sampler(num_samples, steps, sampler, clamp, trajectory)(
+          self.params, jax.random.key(seed), **control_inputs)
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     """Text of each row, up to its first EOS."""
@@ -207,14 +212,10 @@ class Pipeline:
       >>> traj.step_texts[0][0], traj.texts[0]  # The first step's guess and the final sample.
       >>> plt.imshow(traj.confidence_KBL[:, 0].T)  # Positions × steps, max softmax probability.
     """
-    steps = steps or self.config.sample.steps
-    sampler = sampler or self.config.sample.sampler
-    clamp = self.config.sample.clamp if clamp is None else clamp
-    with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
-      outputs = self._sampler(num_samples, steps, sampler, clamp, trajectory=True)(
-          self.params, jax.random.key(seed), **control_inputs)
+    outputs = self._run_sampler(num_samples, steps, seed, sampler, clamp, True, control_inputs)
     final_BL, tokens_KBL, confidence_KBL = (np.asarray(x) for x in jax.device_get(outputs))
-    times_K = samplers.time_grid(steps, float(control_inputs.get("start_time", 1.0)), self.time_warp_table)[:-1]
+    start_time = float(control_inputs.get("start_time", 1.0))
+    times_K = samplers.time_grid(steps or self.config.sample.steps, start_time, self.time_warp_table)[:-1]
     return Trajectory(np.asarray(times_K), tokens_KBL, confidence_KBL, final_BL,
                       [self.decode(step_BL) for step_BL in tokens_KBL], self.decode(final_BL))
 

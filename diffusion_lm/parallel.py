@@ -38,27 +38,26 @@ from absl import flags
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from diffusion_lm import axes
 from diffusion_lm.errors import ConfigError, UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical name → mesh axes (None = replicated). Weight names (embed, mlp, heads, vocab, …) and
-# activation names (act_*) are separate so that fsdp can shard weights along `embed` while
-# activations stay whole there.
+# Logical name (axes.py) → mesh axes (None = replicated).
 DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("act_batch", ("data", "fsdp")),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_mlp", "tensor"),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("embed_out", None),
-    ("embed_small", None),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
+    (axes.BATCH, ("data", "fsdp")),
+    (axes.ACT_BATCH, ("data", "fsdp")),
+    (axes.ACT_LENGTH, None),
+    (axes.ACT_EMBED, None),
+    (axes.ACT_MLP, "tensor"),
+    (axes.LENGTH, None),
+    (axes.EMBED, "fsdp"),
+    (axes.EMBED_OUT, None),
+    (axes.EMBED_SMALL, None),
+    (axes.MLP, "tensor"),
+    (axes.HEADS, "tensor"),
+    (axes.KV, None),
+    (axes.VOCAB, "tensor"),
 )
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from diffusion_lm import axes
 from diffusion_lm.models import transformer
 
 
@@ -43,15 +44,15 @@ class AutoregressiveLM(nn.Module):
 
   def setup(self):
     self.embedding_VD = self.param("embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), ("vocab", "embed")), (self.vocab_size, self.d_model))
+        nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)), (self.vocab_size, self.d_model))
     self.backbone = transformer.Transformer(
         self.d_model, self.num_layers, self.num_heads, self.mlp_dim, self.max_len, self.dropout,
         causal=True, remat=self.remat, dtype=self.dtype, decode=self.decode, attention=self.attention,
         name="backbone")
     if not self.tie_embeddings:
       self.output_head = nn.Dense(self.vocab_size, dtype=self.dtype, name="output_head",
-                                  kernel_init=transformer.dense_init(("embed", "vocab")),
-                                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)))
+                                  kernel_init=transformer.dense_init((axes.EMBED, axes.VOCAB)),
+                                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,)))
 
   def __call__(self, tokens_BL: jax.Array, deterministic: bool = True) -> jax.Array:
     """Logits [B, L, V]; row i is p(w_i | w_<i) (inputs are `tokens` shifted right behind BOS)."""
@@ -67,7 +68,7 @@ class AutoregressiveLM(nn.Module):
     # Unit-variance embeddings scaled by 1/√d keep the residual stream at the backbone's scale
     # while the tied head still sees the full table.
     hidden_BLD = jnp.take(self.embedding_VD, inputs_BL, axis=0) * (self.d_model ** -0.5)
-    hidden_BLD = transformer.constrain(hidden_BLD, ("act_batch", "act_length", "act_embed"))
+    hidden_BLD = transformer.constrain(hidden_BLD, axes.ACTIVATION_BLD)
     hidden_BLD = self.backbone(hidden_BLD, deterministic)
     if self.tie_embeddings:
       return jnp.einsum("bld,vd->blv", hidden_BLD.astype(jnp.float32), self.embedding_VD) * (self.d_model ** -0.5)

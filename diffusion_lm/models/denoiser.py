@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_lm import axes
 from diffusion_lm.diffusion import schedules
 from diffusion_lm.models import transformer
 
@@ -54,20 +55,20 @@ class Denoiser(nn.Module):
   def setup(self):
     # N(0, 1) rows as in Diffusion-LM; the e2e loss learns their scale jointly with the denoiser.
     self.embedding_VD = self.param("embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), ("vocab", "embed_small")), (self.vocab_size, self.embed_dim))
+        nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED_SMALL)), (self.vocab_size, self.embed_dim))
     if self.schedule == "learned":
       self.learned_schedule = schedules.LearnedSchedule(name="learned_schedule")
     self.rounding_bias_V = self.param("rounding_bias", nn.with_logical_partitioning(
-        nn.initializers.zeros, ("vocab",)), (self.vocab_size,))
+        nn.initializers.zeros, (axes.VOCAB,)), (self.vocab_size,))
     self.input_projection = nn.Dense(self.d_model, dtype=self.dtype, name="input_projection",
-                                     kernel_init=transformer.dense_init(("embed_small", "embed")))
+                                     kernel_init=transformer.dense_init((axes.EMBED_SMALL, axes.EMBED)))
     self.time_mlp = [nn.Dense(self.d_model, dtype=self.dtype, name=f"time_mlp_{i}",
-                              kernel_init=transformer.dense_init(("embed", "embed_out"))) for i in range(2)]
+                              kernel_init=transformer.dense_init((axes.EMBED, axes.EMBED_OUT))) for i in range(2)]
     self.backbone = transformer.Transformer(
         self.d_model, self.num_layers, self.num_heads, self.mlp_dim, self.max_len, self.dropout,
         causal=False, remat=self.remat, dtype=self.dtype, attention=self.attention, name="backbone")
-    out_features, out_axes = ((self.vocab_size, ("embed", "vocab")) if self.parameterization == "categorical"
-                              else (self.embed_dim, ("embed", "embed_small")))
+    out_features, out_axes = ((self.vocab_size, (axes.EMBED, axes.VOCAB)) if self.parameterization == "categorical"
+                              else (self.embed_dim, (axes.EMBED, axes.EMBED_SMALL)))
     self.output_projection = nn.Dense(out_features, dtype=self.dtype, name="output_projection",
                                       kernel_init=transformer.dense_init(out_axes))
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_lm import axes
 from diffusion_lm.errors import UserError
 
 Dtype = Any
@@ -68,7 +69,7 @@ class SelfAttention(nn.Module):
     # names apply to the real shape.
     def project(name):
       kernel_DHK = self.param(name, nn.with_logical_partitioning(nn.initializers.variance_scaling(
-          1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2)), ("embed", "heads", "kv")),
+          1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2)), (axes.EMBED, axes.HEADS, axes.KV)),
           (d_model, self.num_heads, head_dim))
       return jnp.einsum("bld,dhk->blhk", x_BLD, kernel_DHK.astype(self.dtype))
     query_BLHK, key_BLHK, value_BLHK = project("query"), project("key"), project("value")
@@ -78,7 +79,7 @@ class SelfAttention(nn.Module):
       attended_BLHK = jax.nn.dot_product_attention(query_BLHK, key_BLHK, value_BLHK, is_causal=self.causal,
                                                    implementation=attention_implementation(self.attention))
     out_HKD = self.param("out", nn.with_logical_partitioning(nn.initializers.variance_scaling(
-        1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")),
+        1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2), (axes.HEADS, axes.KV, axes.EMBED)),
         (self.num_heads, head_dim, d_model))
     return jnp.einsum("blhk,hkd->bld", attended_BLHK, out_HKD.astype(self.dtype))
 
@@ -122,19 +123,19 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     d_model = x_BLD.shape[-1]
-    hidden_BLF = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=dense_init(("embed", "mlp")),
-                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+    hidden_BLF = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=dense_init((axes.EMBED, axes.MLP)),
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.MLP,)),
                           name="wi")(x_BLD)
-    hidden_BLF = constrain(nn.gelu(hidden_BLF), ("act_batch", "act_length", "act_mlp"))
-    return nn.Dense(d_model, dtype=self.dtype, kernel_init=dense_init(("mlp", "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    hidden_BLF = constrain(nn.gelu(hidden_BLF), axes.ACTIVATION_BLF)
+    return nn.Dense(d_model, dtype=self.dtype, kernel_init=dense_init((axes.MLP, axes.EMBED)),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)),
                     name="wo")(hidden_BLF)
 
 
 def layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(dtype=dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)))
 
 
 class Block(nn.Module):
@@ -155,7 +156,7 @@ class Block(nn.Module):
                                        name="attention")(
         layer_norm(self.dtype, "ln_attention")(x_BLD)))
     x_BLD = x_BLD + drop(MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "ln_mlp")(x_BLD)))
-    return constrain(x_BLD, ("act_batch", "act_length", "act_embed"))
+    return constrain(x_BLD, axes.ACTIVATION_BLD)
 
 
 class Transformer(nn.Module):
@@ -177,10 +178,10 @@ class Transformer(nn.Module):
   def __call__(self, x_BLD: jax.Array, deterministic: bool = True) -> jax.Array:
     length = x_BLD.shape[1]
     positions_LD = self.param("positions", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), ("length", "embed")), (self.max_len, self.d_model))
+        nn.initializers.normal(0.02), (axes.LENGTH, axes.EMBED)), (self.max_len, self.d_model))
     if self.decode:
       positions_LD = self._decode_positions(positions_LD, length)
-    x_BLD = constrain((x_BLD + positions_LD[:length]).astype(self.dtype), ("act_batch", "act_length", "act_embed"))
+    x_BLD = constrain((x_BLD + positions_LD[:length]).astype(self.dtype), axes.ACTIVATION_BLD)
     block_class = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for layer in range(self.num_layers):
       x_BLD = block_class(self.num_heads, self.mlp_dim, self.dropout, self.causal, self.dtype,
