@@ -86,7 +86,6 @@ def batched(pipe, plans, *, guidance_fn=None, drafts=None, start_time=1.0, steps
 def fluency(texts, known_bigrams, judge):
   result = {"train_bigram_coverage": round(text_metrics.bigram_coverage(texts, known_bigrams), 4)}
   if judge is not None:
-    from diffusion_lm import evaluate
     report = scoring.judge_texts(judge, texts, 64, "judge", False)
     result["judge_perplexity"] = round(report["judge_perplexity"], 2)
   return result
@@ -219,7 +218,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax and tfds log every restore at INFO.
   started = time.perf_counter()
   pipe = pipeline.load(FLAGS.workdir)
-  classifier = SemanticClassifier.load(FLAGS.workdir)
+  # Only guidance needs the classifier (a masked workdir has none): --sections=length,infill,editing.
+  classifier = SemanticClassifier.load(FLAGS.workdir) if "semantic" in FLAGS.sections else None
   judge = workdir_lib.load_checkpoint(FLAGS.judge_workdir) if FLAGS.judge_workdir else None
   train_refs, _ = e2e_pairs(pipe.config.data, "train")
   test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)

@@ -237,8 +237,7 @@ class Pipeline:
       raise control.ControlError("give at least one text and an even num_t_samples >= 2")
     key = ("score", num_t_samples, seed)
     if key not in self._compiled:  # The same row function each call, so jit reuses its compilation.
-      self._compiled[key] = scoring.likelihood_row_fn(self.model, self.config, scoring.ScoringOptions(
-          num_t_samples, seed, embedding_noise=False, discrete_steps=0, time_sampling="log_snr"))
+      self._compiled[key] = self._score_row_fn(num_t_samples, seed)
     seq_len = self.config.data.seq_len
     tokens_NL, _ = scoring.encode_rows(texts, self.tokenizer, seq_len, "pad")
     devices = parallel.data_parallel_size(self.mesh)
@@ -284,13 +283,9 @@ class Pipeline:
       if copies > 1 and np.shape(guide.targets)[0] == num_samples > 1:
         guide = guide.replace(targets=np.repeat(np.asarray(guide.targets), copies, axis=0))
       inputs["guidance"] = guide
-    if drafts is not None:  # z = α_t* E[draft] + σ_t* ε
+    if drafts is not None:
       drafts_BL = np.repeat(np.broadcast_to(drafts, (num_samples, self.config.data.seq_len)), copies, axis=0)
-      alpha, sigma = process.alpha_sigma(self.log_snr_fn(np.float32(start_time)))
-      draft_BLD = bind_denoiser(self.model, self.params).embed(drafts_BL)
-      noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1), draft_BLD.shape)
-      inputs["start_noisy"] = process.diffuse(draft_BLD, alpha, sigma, noise)
-      inputs["start_time"] = np.float32(start_time)
+      inputs |= self._start_inputs(drafts_BL, start_time, seed)
     rows = self.sample_tokens(batch, steps, seed, sampler, clamp, **inputs)
     texts = [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(row_plans, rows)]
     if copies == 1:
@@ -299,6 +294,18 @@ class Pipeline:
       scores = self.control_scores(inputs["guidance"], [plan.content_ids(row) for plan, row in zip(row_plans, rows)])
       return [texts[i * copies + int(np.argmax(scores[i * copies:(i + 1) * copies]))] for i in range(num_samples)]
     return [self.mbr(texts[i * copies:(i + 1) * copies]) for i in range(num_samples)]
+
+  def _start_inputs(self, drafts_BL: np.ndarray, start_time: float, seed: int) -> dict:
+    """Where editing starts: z = α_t* E[draft] + σ_t* ε at t* = `start_time`."""
+    alpha, sigma = process.alpha_sigma(self.log_snr_fn(np.float32(start_time)))
+    draft_BLD = bind_denoiser(self.model, self.params).embed(drafts_BL)
+    noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1), draft_BLD.shape)
+    return {"start_noisy": process.diffuse(draft_BLD, alpha, sigma, noise), "start_time": np.float32(start_time)}
+
+  def _score_row_fn(self, num_t_samples: int, seed: int) -> scoring.RowFn:
+    """The bound's row function `score` uses (the eval binary's default settings)."""
+    return scoring.likelihood_row_fn(self.model, self.config, scoring.ScoringOptions(
+        num_t_samples, seed, embedding_noise=False, discrete_steps=0, time_sampling="log_snr"))
 
   def control_scores(self, guide, texts_or_ids) -> np.ndarray:
     """log p(c | E[w], t=0) per text: how strongly a `Guidance`'s scorer sees its control in finished text.

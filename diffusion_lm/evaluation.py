@@ -149,7 +149,8 @@ def format_report(report: dict) -> str:
     lines = []
     for name in ("samples", "reference"):
       part = report[name]
-      lines.append(f"{name:9s}: judge perplexity {part['judge_perplexity']:.2f}, distinct-1/2/3 "
+      lines.append(f"{name:9s}: judge perplexity {part['judge_perplexity']:.2f}, unigram entropy "
+                   f"{part['unigram_entropy']:.3f} nats, distinct-1/2/3 "
                    f"{part['distinct_1']:.3f}/{part['distinct_2']:.3f}/{part['distinct_3']:.3f}, "
                    f"{part['num_sequences']} sequences, {part['mean_words']:.1f} words on average")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ LAYERS = (
     ("workdir and train state", {"workdir", "train_state"}),
     ("config checks", {"config_utils"}),
     ("model kinds", {"kinds"}),
-    ("inference parts", {"diffusion_pipeline", "decoding", "semantic_classifier", "scoring", "control",
+    ("inference parts", {"diffusion_pipeline", "masked_pipeline", "decoding", "semantic_classifier", "scoring", "control",
                          "text_metrics"}),
     ("models, diffusion math, data, checkpointing", {"models", "diffusion", "data", "checkpoint", "preemption",
                                                      "parallel", "axes", "numerics", "metrics", "flops"}),

@@ -189,6 +189,13 @@ def test_distinct_n_counts_unique_ngrams_over_all_texts():
   assert distinct_n(["a"], 2) == 0.0
 
 
+def test_unigram_entropy_is_the_entropy_of_the_word_distribution():
+  from diffusion_lm.scoring import unigram_entropy
+  assert unigram_entropy(["a b", "a c"]) == pytest.approx(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)))
+  assert unigram_entropy(["x x x"]) == 0.0
+  assert unigram_entropy(["a b c d"]) == pytest.approx(np.log(4))
+
+
 def test_bad_settings_are_user_errors(ar_workdir, tmp_path):
   with pytest.raises(UserError, match="even"):
     quiet_evaluate(ar_workdir, num_t_samples=3)

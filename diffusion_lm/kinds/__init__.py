@@ -10,10 +10,10 @@ Example:
 """
 
 from diffusion_lm.errors import ConfigError
-from diffusion_lm.kinds import autoregressive, diffusion
+from diffusion_lm.kinds import autoregressive, diffusion, masked
 from diffusion_lm.kinds.base import ModelKind
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (diffusion.KIND, autoregressive.KIND)}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (diffusion.KIND, autoregressive.KIND, masked.KIND)}
 
 
 def get(name: str) -> ModelKind:
