@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from diffusion_lm import parallel
+from diffusion_lm import lock, parallel
 
 from diffusion_lm.errors import CheckpointError, CheckpointWriteError
 
@@ -180,9 +180,14 @@ class Checkpointer:
     """
     chosen = -1
     if parallel.is_chief():
+      trainer = lock.running_trainer(os.path.dirname(self.directory)) if self.read_only else None
       for path in self.unfinished_saves():
-        parallel.warn(f"{path} is an unfinished save (the run stopped while writing it); it is ignored, and "
-             "orbax replaces it when that step is saved again")
+        if trainer:  # A live run's save in flight: nothing is wrong, and it is not read.
+          parallel.warn(f"a trainer is running in {os.path.dirname(self.directory)} ({trainer}) and writing "
+                        f"{os.path.basename(path)}; reading the newest complete checkpoint")
+        else:
+          parallel.warn(f"{path} is an unfinished save (the run stopped while writing it); it is ignored, and "
+                        "orbax replaces it when that step is saved again")
       chosen = self._find_valid_step()
     if jax.process_count() > 1:
       chosen = int(multihost_utils.broadcast_one_to_all(np.int64(chosen)))
@@ -207,7 +212,8 @@ class Checkpointer:
       if problem is None:
         return step
       older = [s for s in self.manager.all_steps() if s < step]
-      fallback = f"using step {max(older)}" if older else "no older checkpoint is left: starting afresh"
+      fallback = (f"using step {max(older)}" if older else "no older checkpoint is left" if self.read_only
+                  else "no older checkpoint is left: starting afresh")
       if self.read_only or not self._local:  # Not ours to move (or not a local path to rename).
         parallel.warn(f"checkpoint {self.step_directory(step)} is corrupt ({problem}); skipping it, {fallback}")
       else:

@@ -14,9 +14,14 @@ from absl import app, flags, logging
 
 from diffusion_lm.errors import CheckpointWriteError, TrainingDivergedError, UserError
 
+# Compiled XLA programs are kept here across runs, so a second `sample` or `evaluate` of the same
+# model compiles nothing. DIFFUSION_LM_COMPILATION_CACHE overrides the place; "" turns it off.
+COMPILATION_CACHE_ENV = "DIFFUSION_LM_COMPILATION_CACHE"
+DEFAULT_COMPILATION_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "diffusion_lm", "jax_compilation")
 USAGE_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3  # The loss or gradients went NaN/Inf (see numerics.py).
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on a preemption notice after a clean save.
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: Ctrl-C (training saves first; other binaries just stop).
 
 
 def _one_line(error: Exception) -> str:
@@ -36,11 +41,30 @@ def _parse_flags(argv: list[str]) -> list[str]:
   sys.exit(USAGE_EXIT_CODE)
 
 
+def enable_compilation_cache() -> str | None:
+  """Turns on jax's persistent compilation cache (see COMPILATION_CACHE_ENV); returns its directory.
+
+  Example:
+    >>> enable_compilation_cache()
+    '/root/.cache/diffusion_lm/jax_compilation'
+  """
+  if jax.config.jax_compilation_cache_dir:  # Set by the user (JAX_COMPILATION_CACHE_DIR): theirs wins.
+    return jax.config.jax_compilation_cache_dir
+  directory = os.environ.get(COMPILATION_CACHE_ENV, DEFAULT_COMPILATION_CACHE)
+  if not directory:
+    return None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # Small programs too: they add up.
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory
+
+
 def run(main) -> None:
   """`app.run(main)`, printing bad-input errors as `error: <message>` and exiting with 2."""
   def guarded_main(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and tfds are chatty at INFO.
+    enable_compilation_cache()
     try:
       return main(argv)
     except UserError as error:
@@ -49,6 +73,9 @@ def run(main) -> None:
     except TrainingDivergedError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(DIVERGED_EXIT_CODE)
+    except KeyboardInterrupt:
+      print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+      sys.exit(INTERRUPTED_EXIT_CODE)
     except CheckpointWriteError as error:
       print(f"\nerror: {error}", file=sys.stderr)  # After orbax's own logging of the failure.
       sys.exit(1)

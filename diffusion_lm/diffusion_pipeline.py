@@ -57,6 +57,11 @@ class Pipeline:
     self.workdir: str | None = None  # Set by load(); guidance looks for WORKDIR/classifier there.
     self._classifier = None
 
+  def use_weights(self, params, time_warp_table: jax.Array | None = None) -> None:
+    """Samples from new weights of the same model with the compilations already made (the train
+    loop's evaluations)."""
+    self.params, self.time_warp_table = params, time_warp_table
+
   def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False):
     # The config's sampling settings are baked into the compiled function: they belong in the key,
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
@@ -64,15 +69,16 @@ class Pipeline:
            bool(self.config.sample.draw_tokens))
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
-      def run(params, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None, start_noisy=None,
-              start_time=1.0, guidance=None):
+      # Weights and the time-warp table are arguments too: the train loop swaps in new ones.
+      def run(params, time_warp_table, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None,
+              start_noisy=None, start_time=1.0, guidance=None):
         fns = bind_denoiser(self.model, params)
         anchors = None if anchor_tokens is None else samplers.Anchors(
             anchor_tokens, anchor_mask, anchor_words_only, SPECIAL_IDS)
-        outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, self.log_snr_fn,
+        outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
                                   draw_tokens=self.config.sample.draw_tokens,
-                                  time_warp_table=self.time_warp_table, anchors=anchors,
+                                  time_warp_table=time_warp_table, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
                                   return_trajectory=trajectory)
         if not trajectory:
@@ -102,7 +108,7 @@ class Pipeline:
     clamp = self.config.sample.clamp if clamp is None else clamp
     with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
       return self._sampler(num_samples, steps, sampler, clamp, trajectory)(
-          self.params, jax.random.key(seed), **control_inputs)
+          self.params, self.time_warp_table, jax.random.key(seed), **control_inputs)
 
   def decode(self, tokens: np.ndarray) -> list[str]:
     """Text of each row, up to its first EOS."""

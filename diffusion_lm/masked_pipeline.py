@@ -38,8 +38,9 @@ class MaskedPipeline(Pipeline):
       raise control.ControlError("trajectory() records continuous latents; a masked workdir has none")
     key = ("masked", num_samples, steps, float(self.config.sample.temperature), self.cached)
     if key not in self._compiled:
-      def run(params, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None, start_tokens=None,
+      def run(params, time_warp_table, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None, start_tokens=None,
               start_time=1.0):
+        del time_warp_table  # Continuous-only.
         banned_BLV = None
         if anchor_tokens is not None:
           banned_BLV = samplers.Anchors(anchor_tokens, anchor_mask, anchor_words_only, SPECIAL_IDS).banned(

@@ -14,10 +14,12 @@ from jax.experimental import multihost_utils
 
 
 class PreemptionWatcher:
-  """Says when the train loop should save and stop: after SIGTERM, or at jax's preemption point.
+  """Says when the train loop should save and stop: after SIGTERM or Ctrl-C, or at jax's preemption point.
 
-  One process: a SIGTERM handler sets a flag (installed only from the main thread; the previous
-  handler comes back on exit). Several processes (jax.distributed initialised): jax's preemption
+  One process: SIGTERM and SIGINT (Ctrl-C) handlers set a flag (installed only from the main
+  thread; the previous handlers come back on exit). After a first Ctrl-C the default handler is
+  back, so a second one interrupts at once (the save of the first may then be lost, never an
+  older checkpoint). `stop_signal` names the signal that stopped the run. Several processes (jax.distributed initialised): jax's preemption
   service owns SIGTERM and `reached_preemption_sync_point(step)` turns a notice on any host into
   the same stop step on every host, so all of them take part in the save. It must then be asked
   at every step, by every process.
@@ -35,20 +37,24 @@ class PreemptionWatcher:
     # service is the one that hears SIGTERM and the scheduler's notices.
     self.distributed = jax.distributed.is_initialized()
     self._received = threading.Event()
-    self._previous = None
+    self._previous = {}
+    self.stop_signal: str | None = None  # "SIGTERM" or "SIGINT" once one arrived.
 
   def __enter__(self) -> "PreemptionWatcher":
     if not self.distributed and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for number, handler in self._previous.items():
+      signal.signal(number, handler)
+    self._previous = {}
 
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
+  def _on_signal(self, signum, frame) -> None:
+    del frame
+    self.stop_signal = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # A second Ctrl-C interrupts at once.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
     self._received.set()
 
   def should_stop(self, step: int) -> bool:

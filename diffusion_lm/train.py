@@ -32,7 +32,7 @@ def main(argv):
   parallel.initialize_from_flags()  # Before anything touches a device; no-op for one process.
   result = train(cli.config_from_flag(), FLAGS.workdir)
   if result["preempted"]:
-    sys.exit(cli.PREEMPTED_EXIT_CODE)
+    sys.exit(cli.INTERRUPTED_EXIT_CODE if result["stop_signal"] == "SIGINT" else cli.PREEMPTED_EXIT_CODE)
   if parallel.is_chief():
     print(f"Trained to step {result['step']} in {FLAGS.workdir}.")
     if result.get("samples"):

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffusion_lm import checkpoint, config_utils, kinds, metrics, numerics, parallel, workdir as workdir_lib
 from diffusion_lm.data import batching, datasets
 from diffusion_lm.errors import TrainingDivergedError
+from diffusion_lm.lock import TrainerLock
 from diffusion_lm.preemption import PreemptionWatcher
 from diffusion_lm.train_state import (EVAL_KEY, PARAMS_KEY, TRAIN_KEY, ema_decay_at, make_optimizer,
                                       state_shapes_and_shardings)
@@ -76,6 +77,15 @@ class _Run:
     parallel.check_batch_size(config.train.batch_size, self.mesh)
     datasets.check_data_files(config.data)  # Missing, empty, blank or non-UTF-8 files: one line, exit 2.
     workdir_lib.check_writable(workdir)
+    self.lock = TrainerLock(workdir).acquire()  # A second trainer on this workdir stops here.
+    try:
+      self._build(config, workdir)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _build(self, config, workdir: str) -> None:
+    """Data, tokenizer, model, optimizer, checkpointer and writers (the lock is held)."""
     train_texts = datasets.load_texts(config.data, "train")
     self.tokenizer = workdir_lib.load_or_train_tokenizer(workdir, config.data, train_texts)
     encode = lambda texts: batching.encode_corpus(texts, self.tokenizer, config.data.seq_len, config.data.mode)
@@ -89,6 +99,7 @@ class _Run:
     self.batch_sharding = parallel.batch_sharding(self.mesh)
     self.checkpoint_metadata = {"tokenizer_sha256": checkpoint.file_sha256(self.tokenizer.model_file)}
     self.nonfinite = numerics.NonFiniteMonitor()
+    self.pipeline = None  # Made at the first evaluation that samples (see `sample`).
 
   def to_device(self, rows: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(self.batch_sharding, rows)
@@ -148,11 +159,16 @@ class _Run:
     return logged
 
   def sample(self, state: dict) -> list[str]:
-    """The kind's samples from the EMA weights, or none (num_samples=0 or a kind that does not)."""
+    """The kind's samples from the EMA weights, or none (num_samples=0 or a kind that does not).
+
+    One pipeline for the whole run: later evaluations reuse its compiled sampler.
+    """
     if not (self.config.train.num_samples and self.kind.samples_while_training):
       return []
-    pipe = self.kind.make_pipeline(self.config, self.model, state, self.tokenizer, self.mesh, None)
-    return pipe.sample(self.config.train.num_samples, seed=self.config.seed)
+    if self.pipeline is None:
+      self.pipeline = self.kind.make_pipeline(self.config, self.model, state, self.tokenizer, self.mesh, None)
+    self.pipeline.use_weights(state["ema_params"], state.get("time_warp"))
+    return self.pipeline.sample(self.config.train.num_samples, seed=self.config.seed)
 
   def evaluate_and_sample(self, step: int, state: dict) -> tuple[dict, list[str]]:
     """Validation loss of the EMA weights (and samples, written to WORKDIR/samples/step_N.txt)."""
@@ -211,27 +227,32 @@ class _Run:
     progress.close()
     if not samples and not preempted:
       samples = self.sample(state)
-    return {"step": step, "samples": samples, "preempted": preempted, **last_metrics}
+    return {"step": step, "samples": samples, "preempted": preempted,
+            "stop_signal": self.preemption.stop_signal if preempted else None, **last_metrics}
 
 
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the model `config` describes in `workdir`; returns the last metrics.
 
-  On SIGTERM (or a preemption notice on a pod) it saves a checkpoint at the current step and
-  returns early with `preempted=True`; NaN/Inf raises TrainingDivergedError (see numerics.py).
+  On SIGTERM, Ctrl-C (or a preemption notice on a pod) it saves a checkpoint at the current step
+  and returns early with `preempted=True` and `stop_signal`; NaN/Inf raises TrainingDivergedError (see numerics.py).
 
   Example:
     >>> from configs import tiny
     >>> metrics = train(tiny.get_config(), "/tmp/tiny")
   """
-  with PreemptionWatcher() as preemption:  # Restores the previous SIGTERM handler after.
+  with PreemptionWatcher() as preemption:  # Restores the previous signal handlers after.
     run = _Run(config, workdir, preemption)
-    with parallel.activate(run.mesh, run.rules):
-      result = run.loop()
-    run.checkpointer.close()  # Waits for the last async save: after this the checkpoint is on disk.
-    run.writer.close()
+    try:
+      with parallel.activate(run.mesh, run.rules):
+        result = run.loop()
+      run.checkpointer.close()  # Waits for the last async save: after this the checkpoint is on disk.
+      run.writer.close()
+    finally:
+      run.lock.release()
   if result["preempted"] and parallel.is_chief():
-    print(f"Stopped by a preemption notice (SIGTERM) at step {result['step']}; saved a checkpoint at step "
+    cause = "Ctrl-C (SIGINT)" if result["stop_signal"] == "SIGINT" else "a preemption notice (SIGTERM)"
+    print(f"Stopped by {cause} at step {result['step']}; saved a checkpoint at step "
           f"{result['step']} in {run.checkpointer.directory}. Run the same command again to resume.", flush=True)
   return result
 

@@ -24,7 +24,7 @@ LAYERS = (
     ("inference parts", {"diffusion_pipeline", "masked_pipeline", "decoding", "semantic_classifier", "scoring", "control",
                          "text_metrics"}),
     ("models, diffusion math, data, checkpointing", {"models", "diffusion", "data", "checkpoint", "preemption",
-                                                     "parallel", "axes", "numerics", "metrics", "flops"}),
+                                                     "parallel", "axes", "lock", "numerics", "metrics", "flops"}),
     ("errors", {"errors"}),
 )
 # The one function-level project import, and why: `import diffusion_lm` (which every

@@ -27,6 +27,7 @@ from conftest import REPO_ROOT
 NUM_STEPS = 60
 PREEMPTED_EXIT_CODE = 143  # cli.PREEMPTED_EXIT_CODE; literal so the test reads on its own.
 DIVERGED_EXIT_CODE = 3  # cli.DIVERGED_EXIT_CODE.
+INTERRUPTED_EXIT_CODE = 130  # cli.INTERRUPTED_EXIT_CODE.
 WORDS = ("the a pub cafe restaurant near river city centre serves cheap food family friendly rating "
          "high low price Eagle Mill Wrestlers is in has with and of English Italian coffee shop").split()
 
@@ -179,6 +180,51 @@ def test_sigterm_saves_the_current_step_and_the_resume_matches_an_uninterrupted_
   losses = logged_losses(workdir)
   assert [step for step, _ in losses] == list(range(1, NUM_STEPS + 1)), "each step ran once"
   assert_matches_reference(losses, reference_losses)
+
+
+def test_ctrl_c_saves_the_current_step_and_exits_130(reference, corpus, env, tmp_path):
+  workdir = tmp_path / "run"
+  run = Run(train_args(workdir, corpus), env, str(tmp_path / "first"))
+  wait_until_logged(workdir, run, 3)
+  run.process.send_signal(signal.SIGINT)
+  assert run.wait() == INTERRUPTED_EXIT_CODE, run.tail()
+  stopped = logged_losses(workdir)[-1][0]
+  assert 3 <= stopped < NUM_STEPS, "the signal arrived mid-run"
+  assert f"Stopped by Ctrl-C (SIGINT) at step {stopped}; saved a checkpoint at step {stopped}" in run.stdout
+  assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr, run.tail()
+  assert complete_steps(workdir)[-1] == stopped
+
+
+def test_one_trainer_per_workdir_and_a_killed_ones_lock_does_not_block(reference, corpus, env, tmp_path):
+  workdir = tmp_path / "run"
+  first = Run(train_args(workdir, corpus, **{"train.num_steps": 100_000}), env, str(tmp_path / "first"))  # Runs on.
+  wait_until_logged(workdir, first, 2)
+  second = run_to_end(train_args(workdir, corpus, **{"train.learning_rate": 0.01}), env, str(tmp_path / "second"))
+  assert second.process.returncode == 2, second.tail()
+  errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and f"another trainer is running in {workdir} (pid {first.process.pid} on" in errors[0]
+  assert "Traceback" not in second.stderr
+  first.process.kill()  # SIGKILL: the lock dies with the process, its file stays.
+  first.wait()
+  assert os.path.exists(workdir / "trainer.lock")
+  third = run_to_end(train_args(workdir, corpus), env, str(tmp_path / "third"))
+  assert third.process.returncode == 0, third.tail()
+
+
+def test_a_second_sample_call_compiles_nothing(reference, env, tmp_path):
+  """The binaries keep compiled programs in a persistent cache: the second call adds no entry."""
+  cache = tmp_path / "cache"
+  sample_env = {key: value for key, value in env.items() if not key.startswith("JAX_")}
+  sample_env["DIFFUSION_LM_COMPILATION_CACHE"] = str(cache)
+  entries = []
+  for attempt in range(2):
+    result = subprocess.run([sys.executable, "-m", "diffusion_lm.sample", f"--workdir={reference[0]}",
+                             "--num_samples=2", "--steps=5"], cwd=REPO_ROOT, env=sample_env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    entries.append(sorted(os.listdir(cache)))
+  assert entries[0], "the first call filled the cache"
+  assert entries[1] == entries[0], "the second call compiled nothing new"
 
 
 def test_sigkill_at_random_points_always_resumes_from_a_complete_checkpoint(reference, corpus, env, tmp_path):
