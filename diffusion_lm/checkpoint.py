@@ -25,6 +25,7 @@ Example:
   >>> state = checkpointer.restore(step, abstract_state)
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import re
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from diffusion_lm import lock, parallel
@@ -138,7 +140,11 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, read_only=read_only, create=not read_only,
         async_options=ocp.AsyncOptions(post_finalization_callback=self._before_commit))
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    if read_only:  # Orbax warns that a read-only manager will not save: true, and noise to a reader.
+      with _absl_verbosity(absl_logging.ERROR):
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+    else:
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def _before_commit(self) -> None:
     """Orbax calls this on the primary process once every file of the save is written, before
@@ -308,6 +314,16 @@ class Checkpointer:
     return CheckpointWriteError(
         f"could not write the checkpoint of step {self._saving_step} in {self.directory} ({cause}); {left}. "
         "Free space (or fix the directory) and run the same command again to resume")
+
+
+@contextlib.contextmanager
+def _absl_verbosity(level: int):
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(min(previous, level))  # Lower is quieter.
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous)
 
 
 def _first_line(error: Exception) -> str:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_lm import pipeline
+from diffusion_lm import pipeline, workdir as workdir_lib
 from diffusion_lm.data import batching
 from diffusion_lm.diffusion import process
 from diffusion_lm.diffusion.model_fns import bind_denoiser
@@ -54,6 +54,7 @@ def train_classifier(workdir: str, num_steps: int = 2000, batch_size: int = 64, 
   if num_steps < 1 or batch_size < 1:
     raise UserError("--steps and --batch_size must be >= 1")
   start = time.perf_counter()
+  workdir_lib.check_writable(workdir)  # The classifier is saved there: fail now, not after training.
   pipe = pipeline.load(workdir)
   seq_len = pipe.config.data.seq_len
   refs, mrs = e2e_pairs(pipe.config.data, "train")

@@ -82,8 +82,8 @@ def run(main) -> None:
     except OSError as error:
       if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         raise
-      print(f"\nerror: {error.strerror} writing {error.filename or 'the workdir'}; free space and run the same "
-            "command again to resume from the last checkpoint", file=sys.stderr)
+      print(f"\nerror: {error.strerror} writing {error.filename or 'the output'}; free space and run the same "
+            "command again (training resumes from its last checkpoint)", file=sys.stderr)
       sys.exit(1)
     except Exception as error:
       if jax.process_count() > 1 and _is_peer_failure(error):

@@ -136,8 +136,12 @@ def from_dict(config_dict: dict) -> ml_collections.ConfigDict:
 
 
 def check_same_shapes(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
-  """Raises CheckpointError if the checkpoint's model shape differs from the config's."""
+  """Raises CheckpointError if the checkpoint's model shape (or a diffusion model's objective) differs."""
   saved_config = from_dict(saved)
+  if config.model.kind == "diffusion" and saved_config.diffusion.objective != config.diffusion.objective:
+    raise CheckpointError(
+        f"{where} holds a checkpoint trained with --config.diffusion.objective={saved_config.diffusion.objective!r}, "
+        f"not {config.diffusion.objective!r}; resume with the same objective or use a new --workdir")
   for field in SHAPE_FIELDS:
     try:
       saved_value = get_field(saved_config, field)

@@ -178,6 +178,8 @@ def build_plan(tokenizer, seq_len: int, template: str | None = None, *, prefix: 
   """
   if max_blank_len < 1:
     raise TemplateError(f"max_blank_len={max_blank_len} must be >= 1")
+  if not blank or blank != blank.strip():
+    raise TemplateError(f"--blank={blank!r} must be a marker with no spaces, e.g. __ (the default)")
   if length is not None and not 1 <= length <= seq_len - 1:
     raise TemplateError(f"length={length} does not fit: this model writes 1 to {seq_len - 1} tokens "
                         f"(seq_len={seq_len}, one slot is EOS)")
@@ -249,6 +251,8 @@ def _template_slots(tokenizer, template: str | None, blank: str, max_blank_len: 
 
 def _pin_anchors(tokenizer, slots: Slots, anchors: Mapping[int, str]) -> None:
   """Writes each anchor's tokens into `slots` from its position on (free slots added as needed)."""
+  if any(not isinstance(position, (int, np.integer)) or isinstance(position, bool) for position in anchors):
+    raise TemplateError(f"anchor positions are 0-based ints, e.g. {{5: 'pub'}}; got {sorted(map(repr, anchors))}")
   for position, word in sorted(anchors.items()):
     ids = encode_words(tokenizer, word, f"anchor {position}:{word!r}")
     if position < 0:
@@ -314,6 +318,18 @@ def parse_anchor_specs(specs: Sequence[str]) -> dict[int, str]:
       raise TemplateError(f"--anchor={spec!r} is not POSITION:WORD (e.g. --anchor=5:quantum, 0-based)")
     anchors[int(position)] = word.strip()
   return anchors
+
+
+def check_sampling_args(num_samples, steps) -> None:
+  """A ControlError unless `num_samples` is an int >= 1 and `steps` None (the config's) or an int >= 1.
+
+  Example:
+    >>> check_sampling_args(-2, None)
+    ControlError: --num_samples and --steps must be >= 1 (got num_samples=-2, steps=None)
+  """
+  is_count = lambda n: isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1
+  if not is_count(num_samples) or (steps is not None and not is_count(steps)):
+    raise ControlError(f"--num_samples and --steps must be >= 1 (got num_samples={num_samples!r}, steps={steps!r})")
 
 
 def check_strength(strength: float) -> float:

@@ -103,6 +103,7 @@ class Pipeline:
 
   def _run_sampler(self, num_samples, steps, seed, sampler, clamp, trajectory: bool, control_inputs: dict):
     """The compiled reverse process on this pipeline's mesh; None settings come from config.sample."""
+    control.check_sampling_args(num_samples, steps)
     steps = steps or self.config.sample.steps
     sampler = sampler or self.config.sample.sampler
     clamp = self.config.sample.clamp if clamp is None else clamp
@@ -168,6 +169,8 @@ class Pipeline:
       >>> pipe.edit("The Eagle are a cheap pub .", strength=0.4, keep=["Eagle"])
     """
     strength = control.check_strength(strength)
+    if not isinstance(text, str):
+      raise control.ControlError(f"the draft to edit must be a string, not {type(text).__name__}")
     seq_len = self.config.data.seq_len
     ids = control.encode_words(self.tokenizer, text, "the draft")
     if len(ids) > seq_len - 1:
@@ -266,7 +269,8 @@ class Pipeline:
       best_of: keep the candidate the guidance's scorer rates highest on its finished text.
       drafts: token rows to start from at `start_time` (editing): [L] or [num_samples, L].
     """
-    if num_samples < 1 or any(n is not None and n < 1 for n in (mbr, best_of)):
+    control.check_sampling_args(num_samples, steps)
+    if any(n is not None and n < 1 for n in (mbr, best_of)):
       raise control.ControlError("num_samples, mbr and best_of must be >= 1")
     if mbr is not None and best_of is not None:
       raise control.ControlError("choose one way to pick among candidates: mbr (consensus) or best_of (control score)")

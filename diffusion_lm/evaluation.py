@@ -26,6 +26,12 @@ TOKENS_COUNTED = ("non-PAD positions of the encoded rows, EOS included; for the 
                   "numerator sums over all positions, PAD included (the model generates the padding)")
 
 
+def check_report_directory(workdir: str) -> None:
+  """WORKDIR/eval must take the report: a read-only workdir fails before the scoring, not after it."""
+  directory = os.path.join(workdir, "eval")
+  workdir_lib.check_writable(directory, f"{directory} (where the report goes)")
+
+
 def eval_texts(config, split: str, text_file: str | None) -> list[str]:
   """The texts of `split` of the workdir's dataset, or the non-blank lines of `text_file`."""
   if text_file:
@@ -66,6 +72,8 @@ def evaluate(workdir: str, split: str = "test", text_file: str | None = None, nu
   if x0_estimate not in likelihood.X0_ESTIMATES:
     raise UserError(f"--x0_estimate={x0_estimate} is not one of {', '.join(likelihood.X0_ESTIMATES)}")
   loaded = workdir_lib.load_checkpoint(workdir, step)
+  if write:
+    check_report_directory(workdir)
   config = loaded.config
   if embedding_noise is None:  # The forward process the model was trained on.
     embedding_noise = config.diffusion.objective == "e2e"
@@ -73,6 +81,9 @@ def evaluate(workdir: str, split: str = "test", text_file: str | None = None, nu
   if max_sequences:
     texts = texts[:max_sequences]
   tokens_NL, stats = scoring.encode_rows(texts, loaded.tokenizer, config.data.seq_len, config.data.mode)
+  if stats["num_truncated_sequences"]:
+    parallel.warn(f"{stats['num_truncated_sequences']} of {len(texts)} sequences are longer than the model's "
+                  f"seq_len={config.data.seq_len} and were cut (EOS kept): the figures are for the cut text")
   name = f"text_{os.path.splitext(os.path.basename(text_file))[0]}" if text_file else split
   kind = kinds.get(config.model.kind)
   options = scoring.ScoringOptions(num_t_samples, seed, embedding_noise, discrete_steps, time_sampling, x0_estimate)
@@ -123,6 +134,8 @@ def evaluate_samples(workdir: str, samples_file: str, judge_workdir: str, seed: 
     raise UserError(f"--judge_workdir={judge_workdir} holds a {judge.config.model.kind} model; the judge must "
                     "be autoregressive (train one with --config=configs/e2e_ar.py)")
   config = workdir_lib.saved_config(workdir)
+  if write:
+    check_report_directory(workdir)
   validation = datasets.load_texts(config.data, "validation")
   chosen = np.sort(np.random.default_rng(seed).choice(len(validation), min(len(samples), len(validation)),
                                                       replace=False))

@@ -13,7 +13,7 @@ import os
 
 from absl import flags
 
-from diffusion_lm import cli, control, pipeline
+from diffusion_lm import cli, control, pipeline, workdir as workdir_lib
 from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.errors import UserError
 
@@ -22,14 +22,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  if FLAGS.num_samples < 1 or FLAGS.steps is not None and FLAGS.steps < 1:
-    raise UserError("--num_samples and --steps must be >= 1")
+  control.check_sampling_args(FLAGS.num_samples, FLAGS.steps)
   if FLAGS.edit is not None and FLAGS.strength is None:
     raise UserError("--edit needs --strength in [0, 1] (how much of the draft to rewrite)")
   if FLAGS.strength is not None:
     control.check_strength(FLAGS.strength)
   if FLAGS.edit is not None and (FLAGS.infill or FLAGS.prefix or FLAGS.suffix or FLAGS.anchor):
     raise UserError("--edit cannot be combined with --infill/--prefix/--suffix/--anchor; use --keep")
+  if FLAGS.output:
+    workdir_lib.check_output_file(FLAGS.output, "--output")  # Before the work, not after it.
   pipe = pipeline.load(FLAGS.workdir, FLAGS.step)
   args = (FLAGS.num_samples, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp)
   ar_options = {}  # Autoregressive workdirs: KV-cached decoding (diffusion_lm/decoding.py).

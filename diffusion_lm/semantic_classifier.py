@@ -14,9 +14,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -32,6 +34,7 @@ from diffusion_lm.errors import UserError
 from diffusion_lm.models.classifier import LatentClassifier
 
 CLASSIFIER_DIR = "classifier"
+PARAMS_FILE, META_FILE = "params.msgpack", "classifier.json"
 E2E_FIELDS = ("name", "eatType", "priceRange", "customer rating", "near", "food", "area", "familyFriendly")
 NONE_VALUE = "none"  # Label of a field the MR does not mention (index 0 of every field).
 _MR_ITEM = re.compile(r"\s*([^,\[\]]+?)\s*\[([^\]]*)\]")
@@ -146,13 +149,27 @@ class SemanticClassifier:
     return np.asarray(self.log_prob_fn(self.params, clean_BLD, jnp.zeros(len(tokens_BL)), targets))
 
   def save(self, workdir: str) -> str:
+    """Writes WORKDIR/classifier/ atomically: both files go to a new directory that replaces the
+    old one in one rename, and classifier.json holds the sha256 of params.msgpack."""
     directory = os.path.join(workdir, CLASSIFIER_DIR)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "params.msgpack"), "wb") as f:
-      f.write(serialization.to_bytes(self.params))
+    staging = f"{directory}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    params_bytes = serialization.to_bytes(self.params)
+    with open(os.path.join(staging, PARAMS_FILE), "wb") as f:
+      f.write(params_bytes)
     architecture = {k: getattr(self.module, k) for k in ("max_len", "d_model", "num_layers", "num_heads", "mlp_dim")}
-    with open(os.path.join(directory, "classifier.json"), "w") as f:
-      json.dump({"architecture": architecture, "labels": self.label_space.to_json(), "info": self.info}, f, indent=1)
+    with open(os.path.join(staging, META_FILE), "w") as f:
+      json.dump({"architecture": architecture, "labels": self.label_space.to_json(), "info": self.info,
+                 "params_sha256": hashlib.sha256(params_bytes).hexdigest()}, f, indent=1)
+    if os.path.isdir(directory):  # The old classifier stays whole until the new one is complete.
+      replaced = f"{directory}.old"
+      shutil.rmtree(replaced, ignore_errors=True)
+      os.rename(directory, replaced)
+      os.rename(staging, directory)
+      shutil.rmtree(replaced)
+    else:
+      os.rename(staging, directory)
     return directory
 
   @classmethod
@@ -163,14 +180,30 @@ class SemanticClassifier:
     if not os.path.exists(meta_path):
       raise UserError(f"no semantic classifier in {directory}; train one with "
                       f"python -m diffusion_lm.train_classifier --workdir={workdir}")
-    with open(meta_path) as f:
-      meta = json.load(f)
-    label_space = LabelSpace.from_json(meta["labels"])
-    module = LatentClassifier(value_counts=label_space.value_counts, **meta["architecture"])
+    retrain = f"retrain it: python -m diffusion_lm.train_classifier --workdir={workdir}"
+    try:
+      with open(meta_path) as f:
+        meta = json.load(f)
+      label_space = LabelSpace.from_json(meta["labels"])
+      module = LatentClassifier(value_counts=label_space.value_counts, **meta["architecture"])
+      embed_dim = meta["info"]["embed_dim"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+      raise UserError(f"{meta_path} is unreadable ({type(error).__name__}: {str(error)[:100]}); {retrain}") from None
+    params_path = os.path.join(directory, PARAMS_FILE)
+    try:
+      with open(params_path, "rb") as f:
+        params_bytes = f.read()
+    except OSError as error:
+      raise UserError(f"{params_path} is unreadable ({error.strerror}); {retrain}") from None
+    expected = meta.get("params_sha256")  # Classifiers saved before checksums have none.
+    if expected and hashlib.sha256(params_bytes).hexdigest() != expected:
+      raise UserError(f"{params_path} does not match its checksum in {META_FILE} (truncated or corrupted); {retrain}")
     # Only the tree structure is needed to restore into: shapes, no initialisation.
-    template = jax.eval_shape(lambda: init_params(module, jax.random.key(0), meta["info"]["embed_dim"]))
-    with open(os.path.join(directory, "params.msgpack"), "rb") as f:
-      params = jax.tree.map(jnp.asarray, serialization.from_bytes(template, f.read()))
+    template = jax.eval_shape(lambda: init_params(module, jax.random.key(0), embed_dim))
+    try:
+      params = jax.tree.map(jnp.asarray, serialization.from_bytes(template, params_bytes))
+    except (ValueError, KeyError, TypeError) as error:
+      raise UserError(f"{params_path} is not this classifier's parameters ({type(error).__name__}); {retrain}") from None
     return cls(module, params, label_space, meta["info"])
 
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from diffusion_lm import checkpoint, config_utils, kinds, metrics, numerics, parallel, workdir as workdir_lib
 from diffusion_lm.data import batching, datasets
+from diffusion_lm.data.layout import PAD_ID, UNK_ID
 from diffusion_lm.errors import TrainingDivergedError
 from diffusion_lm.lock import TrainerLock
 from diffusion_lm.preemption import PreemptionWatcher
@@ -65,6 +66,19 @@ def make_eval_step(model, config):
   return eval_step
 
 
+UNKNOWN_WARNING_FRACTION = 0.2  # Above this share of <unk> tokens a vocabulary is too small to learn from.
+
+
+def warn_if_mostly_unknown(tokens_NL: np.ndarray, vocab_size: int) -> None:
+  """One warning line when the training text is mostly <unk> (a vocabulary far too small)."""
+  text_BL = tokens_NL != PAD_ID
+  fraction = float(np.sum((tokens_NL == UNK_ID) & text_BL) / max(1, np.sum(text_BL)))
+  if fraction > UNKNOWN_WARNING_FRACTION:
+    parallel.warn(f"{100 * fraction:.0f}% of the training tokens are <unk> with --config.data.vocab_size={vocab_size}; "
+                  "the model will mostly learn to write <unk>: raise it (or use a new --workdir if a tokenizer "
+                  "was already trained there)")
+
+
 class _Run:
   """One call of `train`: the model, data, mesh and writers, and the loop's named steps."""
 
@@ -90,6 +104,7 @@ class _Run:
     self.tokenizer = workdir_lib.load_or_train_tokenizer(workdir, config.data, train_texts)
     encode = lambda texts: batching.encode_corpus(texts, self.tokenizer, config.data.seq_len, config.data.mode)
     self.train_tokens = encode(train_texts)
+    warn_if_mostly_unknown(self.train_tokens, config.data.vocab_size)
     self.validation_tokens = encode(datasets.load_texts(config.data, "validation"))
     self.model = self.kind.build_model(config, self.tokenizer.vocab_size)
     self.optimizer = make_optimizer(config.train)
@@ -194,7 +209,7 @@ class _Run:
     source = batching.BatchSource(self.train_tokens, config.train.batch_size, seed=config.seed)
     step = int(state["step"])
     last_metrics, samples, preempted = {}, [], False
-    if step >= num_steps and parallel.is_chief():
+    if step >= num_steps and self.checkpointer.latest_step() is not None and parallel.is_chief():
       print(f"{self.workdir} already holds a finished run (step {step} of {num_steps}); not retraining.")
     progress = tqdm(total=num_steps, initial=step, desc="train", disable=not parallel.is_chief(),
                     dynamic_ncols=True, mininterval=2.0)
@@ -225,6 +240,10 @@ class _Run:
       if at(config.train.checkpoint_every):
         self.save(step, state)
     progress.close()
+    if num_steps == 0 and self.checkpointer.latest_step() is None:  # The initial model, to sample or score.
+      self.save(0, state)
+      if parallel.is_chief():
+        print(f"--config.train.num_steps=0: nothing to train; saved the initial model as step 0 in {self.workdir}.")
     if not samples and not preempted:
       samples = self.sample(state)
     return {"step": step, "samples": samples, "preempted": preempted,

@@ -38,16 +38,40 @@ def load_or_train_tokenizer(workdir: str, data_config, train_texts: list[str]) -
                     "restore the file the checkpoints were trained with, or use a new --workdir") from None
 
 
-def check_writable(workdir: str) -> None:
-  """A UserError unless this process can create files in `workdir` (made if missing)."""
+def check_writable(directory: str, what: str | None = None) -> None:
+  """A UserError unless this process can create files in `directory` (made if missing).
+
+  Checked before the work that writes there, so a long run never ends in a failed write.
+  `what` names the directory in the message (default: `--workdir=DIRECTORY`).
+  """
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write_probe_{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
   except OSError as error:
-    raise UserError(f"--workdir={workdir} is not writable ({error.strerror}); choose another directory")
+    raise UserError(f"{what or f'--workdir={directory}'} is not writable ({error.strerror}); choose another "
+                    "directory") from None
+
+
+def check_output_file(path: str, flag: str) -> None:
+  """A UserError unless `path` can be written as a file (checked before the work that makes it).
+
+  Example:
+    >>> check_output_file("/tmp", "--output")   # UserError: --output=/tmp is a directory; ...
+  """
+  if os.path.isdir(path):
+    raise UserError(f"{flag}={path} is a directory; give a file path, e.g. {os.path.join(path, 'samples.txt')}")
+  existed = os.path.exists(path)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a"):
+      pass
+  except OSError as error:
+    raise UserError(f"{flag}={path} cannot be written ({error.strerror}); choose another path") from None
+  if not existed:
+    os.remove(path)
 
 
 def write_samples(workdir: str, step: int, lines: list[str]) -> None:
@@ -102,6 +126,10 @@ def load_checkpoint(workdir: str, step: int | None = None,
   Example:
     >>> config, model, params, tokenizer, step, mesh, state = load_checkpoint("/tmp/e2e")
   """
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise UserError(f"the workdir must be a path (a directory written by diffusion_lm.train), not {workdir!r}")
+  if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+    raise UserError(f"step must be an int (a checkpoint step), not {step!r}")
   checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
   available = checkpointer.all_steps()
   if not available:

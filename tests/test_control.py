@@ -113,6 +113,12 @@ def test_best_of_keeps_the_candidate_the_classifier_rates_highest(pipe):
     (lambda p: p.guidance(["food=Klingon"]), ["unknown value 'Klingon' for food", "Italian"]),
     (lambda p: p.sample(2, steps=2, best_of=2), ["best_of", "give guidance"]),
     (lambda p: p.sample(2, steps=2, guidance=["food=Italian"], best_of=2, mbr=2), ["mbr", "best_of"]),
+    # The API checks what the sample binary checks, in its words (issue 19).
+    (lambda p: p.sample(num_samples=-2), ["--num_samples and --steps must be >= 1", "num_samples=-2"]),
+    (lambda p: p.sample(2, steps=-5), ["--num_samples and --steps must be >= 1", "steps=-5"]),
+    (lambda p: p.sample(2, steps=0), ["steps=0"]),
+    (lambda p: p.infill(anchors={"3": "pub"}, length=6), ["anchor positions are 0-based ints"]),
+    (lambda p: p.edit(None, 0.5), ["the draft to edit must be a string"]),
 ])
 def test_bad_input_is_one_clear_line(pipe, call, needles):
   from diffusion_lm.errors import UserError
@@ -122,6 +128,15 @@ def test_bad_input_is_one_clear_line(pipe, call, needles):
   assert "\n" not in message
   for needle in needles:
     assert needle in message, message
+
+
+def test_load_checks_its_arguments(workdir):
+  import diffusion_lm
+  from diffusion_lm.errors import UserError
+  with pytest.raises(UserError, match="the workdir must be a path"):
+    diffusion_lm.load(None)
+  with pytest.raises(UserError, match="step must be an int"):
+    diffusion_lm.load(workdir, step="20")
 
 
 def test_sample_binary_controls(workdir):
@@ -144,3 +159,23 @@ def test_sample_binary_controls(workdir):
   assert result.stdout.strip().splitlines() == expected
   result = run("--temperature=0")  # Greedy is an autoregressive notion; a score temperature must be > 0.
   assert result.returncode == 2 and "Traceback" not in result.stderr and "score temperature" in result.stderr
+  result = run(f"--output={workdir}")  # A directory: refused before any sampling.
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert f"--output={workdir} is a directory; give a file path" in result.stderr
+
+
+def test_a_damaged_classifier_is_one_line_naming_the_file(workdir, tmp_path):
+  import shutil
+  from diffusion_lm.errors import UserError
+  from diffusion_lm.semantic_classifier import CLASSIFIER_DIR, META_FILE, PARAMS_FILE, SemanticClassifier
+  copy = tmp_path / "copy"
+  shutil.copytree(os.path.join(workdir, CLASSIFIER_DIR), copy / CLASSIFIER_DIR)
+  assert SemanticClassifier.load(str(copy)).label_space.fields  # The intact copy loads.
+  params = copy / CLASSIFIER_DIR / PARAMS_FILE
+  params.write_bytes(params.read_bytes()[:100])
+  with pytest.raises(UserError, match=f"{PARAMS_FILE} does not match its checksum.*retrain it"):
+    SemanticClassifier.load(str(copy))
+  (copy / CLASSIFIER_DIR / META_FILE).write_text("{not json")
+  with pytest.raises(UserError, match=f"{META_FILE} is unreadable.*retrain it"):
+    SemanticClassifier.load(str(copy))
+  assert not os.path.exists(os.path.join(workdir, CLASSIFIER_DIR + ".partial")), "the save left no staging directory"

@@ -284,3 +284,14 @@ def test_iterate_eval_batches_covers_every_row_once():
   assert len(per_process[0]) == len(per_process[1]) == 2
   joined = np.concatenate([b[m] for pair in zip(*per_process) for b, m in pair])
   assert np.array_equal(joined, tokens)
+
+
+@pytest.mark.parametrize("texts, model_type, vocab_size, needle", [
+    (["the cat sat on the mat"] * 50, "unigram", 8000, "--config.data.vocab_size=8000 is more than the training text"),
+    (["x" * 10_000_000], "unigram", 100, "no line it could use"),
+])
+def test_tokenizer_training_failures_are_one_data_error(tmp_path, texts, model_type, vocab_size, needle):
+  from diffusion_lm.errors import DataError
+  with pytest.raises(DataError) as error:
+    Tokenizer.train(texts, str(tmp_path / "tok"), model_type, vocab_size)
+  assert needle in str(error.value) and "\n" not in str(error.value)

@@ -356,6 +356,9 @@ def _configured_text_files(data_config: Any) -> dict[str, list[str]]:
     field = f"{split}_files"
     paths = [p.strip() for p in (data_config.get(field) or "").split(",") if p.strip()]
     for path in paths:
+      if os.path.isdir(path):
+        raise DataError(f"data.{field}: {os.path.abspath(path)!r} is a directory; give text files (one example "
+                        f"per line), comma-separated, in data.{field}")
       if not os.path.isfile(path):
         raise DataError(
             f"data.{field}: file {os.path.abspath(path)!r} does not exist; fix data.{field}")

@@ -18,9 +18,10 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from diffusion_lm.data.layout import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from diffusion_lm.errors import UnencodableTextError
+from diffusion_lm.errors import DataError, UnencodableTextError
 
 MODEL_TYPES = ("word", "unigram", "bpe")
+MAX_SENTENCE_BYTES = 4192  # sentencepiece skips longer training lines (its default, kept explicit).
 _WORD_BOUNDARY = "▁"  # sentencepiece's marker at the start of every word piece
 
 # One token per match: a bracketed tag kept whole ("<unk>"), a detached clitic ("'s", "'re":
@@ -95,26 +96,17 @@ class Tokenizer:
     pretokenize = normalize_words if model_type == "word" else (lambda text: text)
     sentences = (pretokenize(text) for text in texts)
     model_bytes = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=(s for s in sentences if s.strip()),
-        model_writer=model_bytes,
-        model_type=model_type,
-        vocab_size=vocab_size,
-        hard_vocab_limit=model_type != "word",
-        pad_id=PAD_ID,
-        eos_id=EOS_ID,
-        bos_id=BOS_ID,
-        unk_id=UNK_ID,
-        # Words are whole pieces in "word" mode, so allow long ones (default cut is 16).
-        max_sentencepiece_length=64 if model_type == "word" else 16,
-        # Our regex is the word normaliser; NFKC would rewrite characters behind its back.
-        normalization_rule_name="identity" if model_type == "word" else "nmt_nfkc",
-        character_coverage=1.0,
-        input_sentence_size=0,  # use every sentence: sampling would add randomness
-        shuffle_input_sentence=False,
-        num_threads=1,  # multi-threaded EM sums in varying order -> non-identical models
-        minloglevel=2,
-    )
+    try:
+      _train_sentencepiece(sentences, model_bytes, model_type, vocab_size)
+    except RuntimeError as error:  # sentencepiece reports every training failure as RuntimeError.
+      reason = (str(error).strip().splitlines() or ["no reason given"])[-1].split("] ")[-1]
+      if "sentences_.empty()" in reason:
+        reason = "no line it could use"
+      if "vocab" in reason.lower() and "size" in reason.lower():
+        raise DataError(f"--config.data.vocab_size={vocab_size} is more than the training text supports for a "
+                        f"{model_type} tokenizer (sentencepiece: {reason}); lower it") from None
+      raise DataError(f"sentencepiece could not train a {model_type} tokenizer on the training text ({reason}); "
+                      f"give it many lines of text (lines over {MAX_SENTENCE_BYTES:,} bytes are skipped)") from None
     model_file = f"{model_path_prefix}.model"
     os.makedirs(os.path.dirname(os.path.abspath(model_file)), exist_ok=True)
     # Written aside and renamed: a run killed mid-write never leaves a truncated model behind.
@@ -227,3 +219,28 @@ class Tokenizer:
   def piece_to_id(self, piece: str) -> int:
     """The id of a vocabulary entry, `unk_id` if absent. Example: piece_to_id("▁pub")."""
     return self._processor.piece_to_id(piece)
+
+
+def _train_sentencepiece(sentences: Iterable[str], model_bytes: io.BytesIO, model_type: str, vocab_size: int):
+  """SentencePieceTrainer.train with the project's fixed ids and deterministic settings."""
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=(s for s in sentences if s.strip()),
+      max_sentence_length=MAX_SENTENCE_BYTES,
+      model_writer=model_bytes,
+      model_type=model_type,
+      vocab_size=vocab_size,
+      hard_vocab_limit=model_type != "word",
+      pad_id=PAD_ID,
+      eos_id=EOS_ID,
+      bos_id=BOS_ID,
+      unk_id=UNK_ID,
+      # Words are whole pieces in "word" mode, so allow long ones (default cut is 16).
+      max_sentencepiece_length=64 if model_type == "word" else 16,
+      # Our regex is the word normaliser; NFKC would rewrite characters behind its back.
+      normalization_rule_name="identity" if model_type == "word" else "nmt_nfkc",
+      character_coverage=1.0,
+      input_sentence_size=0,  # use every sentence: sampling would add randomness
+      shuffle_input_sentence=False,
+      num_threads=1,  # multi-threaded EM sums in varying order -> non-identical models
+      minloglevel=2,
+  )
