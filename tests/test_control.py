@@ -119,6 +119,7 @@ def test_best_of_keeps_the_candidate_the_classifier_rates_highest(pipe):
     (lambda p: p.sample(2, steps=0), ["steps=0"]),
     (lambda p: p.infill(anchors={"3": "pub"}, length=6), ["anchor positions are 0-based ints"]),
     (lambda p: p.edit(None, 0.5), ["the draft to edit must be a string"]),
+    (lambda p: p.infill("The __ .", blank=""), ["--blank=''", "no spaces"]),
 ])
 def test_bad_input_is_one_clear_line(pipe, call, needles):
   from diffusion_lm.errors import UserError

@@ -143,3 +143,29 @@ def test_sampling_settings_changed_on_a_loaded_pipeline_take_effect(trained_work
   assert not np.array_equal(drawn, default), "draw_tokens must reach the sampler"
   pipe.config.sample.draw_tokens = False
   np.testing.assert_array_equal(pipe.sample_tokens(3, steps=5, seed=7), default)
+
+
+def test_silent_acceptance_cases_now_say_something(trained_workdir, tmp_path, capsys):
+  """Issue 19's item 8: each decided as refuse, warn, or allow with a line."""
+  from diffusion_lm import evaluation
+  from diffusion_lm.errors import CheckpointError
+  from diffusion_lm.train import train
+  # Another objective on a resumed workdir: refused, naming both.
+  copy = str(tmp_path / "copy")
+  shutil.copytree(trained_workdir, copy)
+  with pytest.raises(CheckpointError, match="trained with --config.diffusion.objective='e2e', not 'cdcd'"):
+    train(tiny_config(**{"diffusion.objective": "cdcd", "train.num_steps": 30}), copy)
+  # num_steps=0: the initial model is saved (step 0), with a line saying so.
+  fresh = str(tmp_path / "fresh")
+  train(tiny_config(**{"train.num_steps": 0, "train.num_samples": 0}), fresh)
+  assert "nothing to train; saved the initial model as step 0" in capsys.readouterr().out
+  assert os.listdir(os.path.join(fresh, "checkpoints")) == ["0"]
+  # A vocabulary too small for the text: warned.
+  train(tiny_config(**{"data.vocab_size": 8, "train.num_steps": 1, "train.num_samples": 0}), str(tmp_path / "tiny_vocab"))
+  assert "of the training tokens are <unk> with --config.data.vocab_size=8" in capsys.readouterr().err
+  # Evaluating text longer than the model's rows: warned.
+  long_text = tmp_path / "long.txt"
+  long_text.write_text(" ".join(["the pub"] * 20) + "\n")
+  evaluation.evaluate(trained_workdir, text_file=str(long_text), num_t_samples=2, batch_size=8, write=False,
+                      progress=False)
+  assert "1 of 1 sequences are longer than the model's seq_len=16 and were cut" in capsys.readouterr().err

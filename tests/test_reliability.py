@@ -424,6 +424,7 @@ def _bad_input_cases(tmp, corpus, reference_dir):
            fresh=False, workdir=other_tokenizer),
       case("unreadable_tokenizer", more, [f"{broken_tokenizer}/tokenizer.model is not a readable tokenizer"],
            fresh=False, workdir=broken_tokenizer),
+      case("train_file_is_a_directory", {"data.train_files": str(tmp)}, [f"{tmp}", "is a directory"]),
   ])
 
 
@@ -452,7 +453,7 @@ def bad_input_results(shared, corpus, env, reference):
     "negative_steps", "seq_len_below_2", "nan_learning_rate", "batch_not_divisible",
     "mesh_not_matching_devices", "empty_data_file", "blank_data_file", "non_utf8_text",
     "missing_validation_split", "unwritable_workdir", "tokenizer_not_matching_checkpoint",
-    "unreadable_tokenizer"])
+    "unreadable_tokenizer", "train_file_is_a_directory"])
 def test_bad_input_gives_one_line_and_exit_2(bad_input_results, name):
   result = bad_input_results[name]
   assert result["returncode"] == 2, result["tail"]
