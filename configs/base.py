@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                           XLA in jax 0.10), "xla", or "cudnn" (fused flash attention; NVIDIA
   #                           GPU with model.dtype=bfloat16 only).
   model.tie_embeddings = True  # Autoregressive only: output head = input embedding table (Eᵀ).
+  model.output_prior = False  # Categorical diffusion: logits += log N(z; αE[w], σ²) (Plaid's single-token
+  #                             posterior), the output layer starting at zero; the network learns the rest.
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "sqrt"  # Noise schedule: "sqrt" (Diffusion-LM), "cosine", "linear_logsnr",
@@ -77,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.steps = 200  # Sampling steps (fewer than num_timesteps is the normal case).
-  sample.sampler = "ancestral"  # "ancestral" (q(z_s|z_t, x0)) or "ddim" (deterministic).
+  sample.sampler = "ancestral"  # "ancestral" (q(z_s|z_t, x0)), "ddim" (deterministic) or "renoise"
+  #                              (q(z_s|x0): fresh noise around x0 at every step, forgetting z_t).
   sample.clamp = True  # Replace x0 by its nearest embedding row (Diffusion-LM's clamping).
   sample.temperature = 1.0  # Score temperature for categorical models: x0 = softmax(logits/τ) E.
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of

@@ -15,6 +15,7 @@ from absl import flags
 
 from diffusion_lm import cli, control, pipeline, workdir as workdir_lib
 from diffusion_lm.diffusion import guidance as guidance_lib
+from diffusion_lm.diffusion import samplers
 from diffusion_lm.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -69,7 +70,7 @@ def run():
   flags.DEFINE_integer("num_samples", 8, "How many samples to draw.")
   flags.DEFINE_integer("steps", None, "Sampling steps (default: the config's sample.steps).")
   flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same samples.")
-  flags.DEFINE_enum("sampler", None, ["ancestral", "ddim"], "Sampler (default: the config's).")
+  flags.DEFINE_enum("sampler", None, list(samplers.STEPS), "Sampler (default: the config's).")
   flags.DEFINE_bool("clamp", None, "Clamp x0 to the nearest embedding (default: the config's).")
   flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
   flags.DEFINE_string("output", None, "Also write the samples to this file.")

@@ -148,3 +148,30 @@ def test_draw_tokens_feeds_embedding_rows_not_the_mean(draw_tokens):
     assert set(np.unique(probs.argmax(-1))) == {1, 2}
   else:  # x̂0 was the mean of rows 1 and 2: they stay tied.
     np.testing.assert_allclose(probs[..., 1], probs[..., 2], atol=1e-6)
+
+
+def test_output_prior_is_the_exact_single_token_posterior():
+  """softmax of the prior logits = p(w | z) ∝ N(z; α E[w], σ² I) for one position, uniform p(w)."""
+  from diffusion_lm.models.denoiser import output_prior_logits
+  embedding_VD = jnp.array([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.5]])  # Rows of different norms.
+  z_BLD = jnp.array([[[0.3, 0.9], [-0.4, 0.1]]])
+  log_snr_B = jnp.array([0.7])
+  alpha, sigma = (float(v[0]) for v in process.alpha_sigma(log_snr_B))
+  densities = np.exp(-np.sum((np.asarray(z_BLD)[0, :, None, :] - alpha * np.asarray(embedding_VD)) ** 2, -1)
+                     / (2 * sigma ** 2))
+  expected = densities / densities.sum(-1, keepdims=True)
+  got = jax.nn.softmax(output_prior_logits(z_BLD, embedding_VD, log_snr_B), -1)[0]
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_renoise_step_is_the_forward_process_from_x0():
+  x0 = jax.random.normal(jax.random.key(1), (2, 3, 4))
+  noisy = jax.random.normal(jax.random.key(2), (2, 3, 4))
+  log_snr_s = jnp.asarray(1.5)
+  stepped = samplers.renoise_step(noisy, x0, jnp.asarray(-1.0), log_snr_s, jax.random.key(3))
+  alpha_s, sigma_s = process.alpha_sigma(log_snr_s)
+  np.testing.assert_allclose(stepped, alpha_s * x0 + sigma_s * jax.random.normal(jax.random.key(3), x0.shape),
+                             rtol=1e-6)
+  # It forgets z_t: another z_t gives the same step.
+  np.testing.assert_allclose(samplers.renoise_step(noisy + 5.0, x0, jnp.asarray(-1.0), log_snr_s, jax.random.key(3)),
+                             stepped)

@@ -71,7 +71,9 @@ def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
      "model.self_conditioning": True, "diffusion.time_warping": True},
     {"diffusion.objective": "vlb", "diffusion.schedule": "learned", "model.parameterization": "categorical",
      "model.normalize_embeddings": True},
-], ids=["e2e", "cdcd", "vlb"])
+    {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
+     "model.output_prior": True},
+], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior"])
 def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   config = tiny_config(**{"train.num_steps": 60, "train.warmup_steps": 5, "train.learning_rate": 3e-3, **overrides})
   model, optimizer, state = _model_and_params(config)
@@ -86,7 +88,7 @@ def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "bench", "lm1b_pod", "tiny"])
+@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "e2e_masked", "bench", "lm1b_pod", "tiny"])
 def test_shipped_configs_validate(name):
   # The README main job and the benchmarks start from these; a bad default would only show there.
   import importlib

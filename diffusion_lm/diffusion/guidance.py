@@ -97,6 +97,9 @@ class Guidance:
   def step(self, step_fn, noisy_BLD, x0_BLD, log_snr_t, log_snr_s, s, rng):
     """A guided version of `step_fn` (samplers.ancestral_step or samplers.ddim_step)."""
     mean_BLD, std = posterior_mean_std(noisy_BLD, x0_BLD, *alpha_sigma(log_snr_t), *alpha_sigma(log_snr_s))
+    if step_fn is samplers.renoise_step:  # q(z_s | x̂0): mean α_s x̂0, std σ_s.
+      alpha_s, std = alpha_sigma(log_snr_s)
+      mean_BLD = alpha_s * x0_BLD
     noise_std = std
     if step_fn is samplers.ddim_step:  # Deterministic: guide the DDIM point, add no noise.
       mean_BLD, noise_std = step_fn(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng), 0.0

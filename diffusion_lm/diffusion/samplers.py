@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from diffusion_lm.diffusion import time_warping
 from diffusion_lm.diffusion.model_fns import DenoiserFns
-from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, posterior_mean_std
+from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse, posterior_mean_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,14 @@ def ddim_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
   return alpha_s * x0_BLD + sigma_s * (noisy_BLD - alpha_t * x0_BLD) / sigma_t
 
 
-STEPS = {"ancestral": ancestral_step, "ddim": ddim_step}
+def renoise_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
+  """z_s = α_s x̂0 + σ_s ε with fresh noise, forgetting z_t ("q-sampling": the forward process from x̂0)."""
+  del noisy_BLD, log_snr_t
+  alpha_s, sigma_s = alpha_sigma(log_snr_s)
+  return diffuse(x0_BLD, alpha_s, sigma_s, jax.random.normal(rng, x0_BLD.shape))
+
+
+STEPS = {"ancestral": ancestral_step, "ddim": ddim_step, "renoise": renoise_step}
 
 
 def time_grid(num_steps: int, start_time: float = 1.0, time_warp_table: jax.Array | None = None) -> jax.Array:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_lm import axes
-from diffusion_lm.diffusion import schedules
+from diffusion_lm.diffusion import process, schedules
 from diffusion_lm.models import transformer
 
 
@@ -51,6 +51,7 @@ class Denoiser(nn.Module):
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
+  output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
 
   def setup(self):
     # N(0, 1) rows as in Diffusion-LM; the e2e loss learns their scale jointly with the denoiser.
@@ -69,8 +70,10 @@ class Denoiser(nn.Module):
         causal=False, remat=self.remat, dtype=self.dtype, attention=self.attention, name="backbone")
     out_features, out_axes = ((self.vocab_size, (axes.EMBED, axes.VOCAB)) if self.parameterization == "categorical"
                               else (self.embed_dim, (axes.EMBED, axes.EMBED_SMALL)))
-    self.output_projection = nn.Dense(out_features, dtype=self.dtype, name="output_projection",
-                                      kernel_init=transformer.dense_init(out_axes))
+    # With the output prior the network starts at zero: its first logits are the prior's (Plaid).
+    kernel_init = (nn.with_logical_partitioning(nn.initializers.zeros, out_axes) if self.output_prior
+                   else transformer.dense_init(out_axes))
+    self.output_projection = nn.Dense(out_features, dtype=self.dtype, name="output_projection", kernel_init=kernel_init)
 
   def log_snr(self, t: jax.Array, freeze_interior: bool = False, freeze_endpoints: bool = False) -> jax.Array:
     """The noise schedule's log-SNR γ(t): fixed by name, or learned (then it has parameters)."""
@@ -106,8 +109,27 @@ class Denoiser(nn.Module):
     hidden_BLD = self.backbone(hidden_BLD + time_BD[:, None, :], deterministic)
     output = self.output_projection(hidden_BLD).astype(jnp.float32)
     if self.parameterization == "categorical":
+      if self.output_prior:
+        output = output + output_prior_logits(noisy_BLD, self.table(), self.log_snr(t_B))
       return output, jax.nn.softmax(output, axis=-1) @ self.table()
     return self.round_logits(output), output
+
+
+def output_prior_logits(noisy_BLD: jax.Array, embedding_VD: jax.Array, log_snr_B: jax.Array) -> jax.Array:
+  """log N(z; α E[w], σ² I) per token w, up to a w-independent constant: (α/σ²) z·E[w] − α²‖E[w]‖²/(2σ²).
+
+  Its softmax is p(w | z_t) for one position alone under a uniform prior over the vocabulary:
+  what the noisy vector says about its own token, which the network then only has to correct
+  with context (Plaid's output prior; with normalised embeddings the second term is constant).
+
+  Example:
+    >>> logits_BLV = output_prior_logits(z_BLD, model.apply(variables, method=model.table), log_snr_B)
+  """
+  alpha_B, sigma_B = process.alpha_sigma(log_snr_B)
+  scale_B = (alpha_B / sigma_B ** 2)[:, None, None]
+  norms_V = jnp.sum(embedding_VD ** 2, axis=-1)
+  return (scale_B * jnp.einsum("bld,vd->blv", noisy_BLD.astype(jnp.float32), embedding_VD)
+          - 0.5 * (alpha_B ** 2 / sigma_B ** 2)[:, None, None] * norms_V)
 
 
 def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: str = "sqrt") -> Denoiser:
@@ -118,4 +140,5 @@ def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: 
       max_len=max_len, dropout=model_config.dropout, parameterization=model_config.parameterization,
       self_conditioning=model_config.self_conditioning,
       normalize_embeddings=model_config.normalize_embeddings, schedule=schedule, remat=model_config.remat,
-      dtype=jnp.dtype(model_config.dtype), attention=model_config.attention)
+      dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
+      output_prior=model_config.get("output_prior", False))
