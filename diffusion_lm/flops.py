@@ -63,6 +63,18 @@ def denoiser_forward_flops(model_config: ml_collections.ConfigDict, length: int,
   return flops
 
 
+def token_model_train_step_flops(config: ml_collections.ConfigDict, vocab_size: int) -> int:
+  """A train step of a model over token ids with a vocabulary head (autoregressive, masked):
+  3 × (backbone + 2·L·D·V) per sequence, one pass trained.
+
+  Example:
+    >>> token_model_train_step_flops(e2e_ar.get_config(), vocab_size=1000)
+  """
+  model_config, length = config.model, config.data.seq_len
+  forward = backbone_forward_flops(model_config, length) + 2 * length * model_config.d_model * vocab_size
+  return config.train.batch_size * 3 * forward
+
+
 def sampling_step_flops(config: ml_collections.ConfigDict, vocab_size: int, batch_size: int) -> int:
   """Forward FLOPs of one diffusion sampling step: a denoiser pass for x̂0, plus clamping if on.
 

@@ -38,14 +38,7 @@ def make_pipeline(config, model, state, tokenizer, mesh, step) -> MaskedPipeline
   return MaskedPipeline(config, model, state["ema_params"], tokenizer, mesh, step)
 
 
-def train_step_flops(config, vocab_size: int) -> int:
-  """3 × (backbone + tied output head) per sequence, as the AR model: one bidirectional pass."""
-  model_config, length = config.model, config.data.seq_len
-  forward = flops.backbone_forward_flops(model_config, length) + 2 * length * model_config.d_model * vocab_size
-  return config.train.batch_size * 3 * forward
-
-
 KIND = ModelKind(
     name="masked", build_model=build_model, init_variables=init_variables, make_loss_fn=make_loss_fn,
     row_fn=scoring.masked_row_fn, report=scoring.masked_bound_report, make_pipeline=make_pipeline,
-    train_step_flops=train_step_flops, samples_while_training=True)
+    train_step_flops=flops.token_model_train_step_flops, samples_while_training=True)
