@@ -118,3 +118,12 @@ def test_infilling_length_and_editing_keep_every_given_token(masked_workdir):
     assert text.split()[0] == "alpha" and "echo" in text.split()
   with pytest.raises(control.ControlError, match="guidance"):
     pipe.guidance(["food=Italian"])
+
+
+def test_inverse_cdf_draw_follows_the_distribution_and_skips_zero_probabilities():
+  probs_V = jnp.array([0.0, 0.5, 0.2, 0.0, 0.3])
+  log_p_BLV = jnp.broadcast_to(jnp.log(probs_V), (200, 100, 5))
+  drawn = np.asarray(masked.inverse_cdf_draw(jax.random.key(0), log_p_BLV))
+  frequencies = np.bincount(drawn.ravel(), minlength=5) / drawn.size
+  np.testing.assert_allclose(frequencies, probs_V, atol=0.01)
+  assert frequencies[0] == frequencies[3] == 0.0
