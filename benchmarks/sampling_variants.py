@@ -1,0 +1,68 @@
+"""Sampler settings on one trained diffusion workdir, judged the same way: no retraining.
+
+For each `--variants` entry (name=field:value+field:value over `sample.*`) and each `--steps`:
+`--num_samples` samples (seed 0), the AR judge's perplexity ÷ real sentences', unigram entropy
+(real sentences' beside it) and distinct-2 (`evaluation.evaluate_samples`).
+
+Example:
+  python benchmarks/sampling_variants.py --workdir=runs/kinds/e2e --judge_workdir=runs/kinds/e2e_ar \
+      --variants="default=,renoise=sampler:renoise,t1=temperature:1.0" --steps=20,200
+"""
+
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import diffusion_lm  # noqa: E402
+from diffusion_lm import evaluation  # noqa: E402
+from diffusion_lm.config_utils import apply_overrides  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A trained diffusion workdir.")
+flags.DEFINE_string("judge_workdir", None, "An autoregressive workdir that judges the samples.")
+flags.DEFINE_list("variants", ["default="], "name=field:value+field:value (fields of config.sample).")
+flags.DEFINE_list("steps", ["200"], "Sampling steps.")
+flags.DEFINE_integer("num_samples", 200, "Samples per variant and step count.")
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+  name, _, settings = spec.partition("=")
+  overrides = {}
+  for item in filter(None, settings.split("+")):
+    field, _, value = item.partition(":")
+    overrides[f"sample.{field}"] = {"true": True, "false": False}.get(value.lower(), value)
+    if isinstance(overrides[f"sample.{field}"], str):
+      try:
+        overrides[f"sample.{field}"] = float(value) if "." in value else int(value)
+      except ValueError:
+        pass
+  return name, overrides
+
+
+def main(argv):
+  del argv
+  pipe = diffusion_lm.load(FLAGS.workdir)
+  defaults = {f"sample.{k}": v for k, v in pipe.config.sample.items()}
+  print("| variant | steps | judge ppl ÷ real | unigram entropy (real) | distinct-2 | example |")
+  print("|---|---:|---:|---:|---:|---|")
+  for name, overrides in map(parse_variant, FLAGS.variants):
+    apply_overrides(pipe.config, defaults | overrides)
+    for steps in map(int, FLAGS.steps):
+      texts = pipe.sample(FLAGS.num_samples, steps=steps, seed=0)
+      with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(texts) + "\n")
+      report = evaluation.evaluate_samples(FLAGS.workdir, f.name, FLAGS.judge_workdir, write=False, progress=False)
+      os.remove(f.name)
+      samples, real = report["samples"], report["reference"]
+      print(f"| {name} | {steps} | {samples['judge_perplexity'] / real['judge_perplexity']:.1f} | "
+            f"{samples['unigram_entropy']:.2f} ({real['unigram_entropy']:.2f}) | {samples['distinct_2']:.3f} | "
+            f"{texts[0]} |", flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "judge_workdir"])
+  app.run(main)
