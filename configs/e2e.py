@@ -33,4 +33,6 @@ def get_config():
   config.train.warmup_steps = 50  # Half of base's: the budget is short.
   config.sample.clamp = True  # Snap x̂0 to its nearest embedding row: judge perplexity 715 → 311.
   config.sample.temperature = 0.5  # Sharper x̂0 = softmax(logits/τ) E: judge perplexity 252 → 198.
+  config.sample.sampler = "renoise"  # z_s ~ q(z_s | x̂0), fresh noise: judge ppl 36.5 → 32.5× real and
+  #                                    unigram entropy 3.97 → 4.28 (data 4.64) at 1,500 steps (issue 17).
   return config
