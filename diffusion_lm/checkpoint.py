@@ -272,6 +272,30 @@ class Checkpointer:
       raise CheckpointError(f"checkpoint {self.directory}/{step} has unreadable metadata "
                             f"({_first_line(error)}); it may be corrupt") from error
 
+  def restore_newest(self, step: int, abstract_state) -> tuple[int | None, object]:
+    """(step, state) of `step` or, when a checkpoint without `checksums.json` fails to restore, of
+    the next older one that does (the unverifiable one is set aside like a corrupt one).
+
+    A checkpoint with a manifest passed `latest_valid_step`'s checks, so its failure is a real
+    mismatch with the model and is raised. (None, None) when no checkpoint is left.
+
+    Example:
+      >>> step, state = checkpointer.restore_newest(checkpointer.latest_valid_step(), abstract_state)
+    """
+    while step is not None:
+      try:
+        return step, self.restore(step, abstract_state)
+      except CheckpointError as error:
+        if not self._local or os.path.exists(os.path.join(self.step_directory(step), MANIFEST_FILE)):
+          raise
+        older = [s for s in self.manager.all_steps() if s < step]
+        fallback = f"using step {max(older)}" if older else "no older checkpoint is left"
+        where = "skipping it" if self.read_only else f"moved it to {self._move_aside(step)}"
+        parallel.warn(f"checkpoint {self.step_directory(step)} has no {MANIFEST_FILE} and does not restore "
+                      f"({str(error.__cause__ or error).splitlines()[0][:120]}); {where}, {fallback}")
+        step = max(older) if older else None
+    return None, None
+
   def restore(self, step: int, abstract_state):
     """Restores the state at `step` onto the shardings carried by `abstract_state`."""
     try:

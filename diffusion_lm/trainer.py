@@ -127,11 +127,12 @@ class _Run:
     init_fn, abstract_state, self.state_shardings = state_shapes_and_shardings(
         self.model, self.config, self.optimizer, self.mesh)
     latest = self.checkpointer.latest_valid_step()
+    if latest is not None:
+      config_utils.check_same_shapes(self.checkpointer.restore_config(latest), self.config, self.workdir)
+      self.checkpointer.check_tokenizer(latest, self.tokenizer.model_file)
+      latest, state = self.checkpointer.restore_newest(latest, abstract_state)
     if latest is None:
       return init_fn(jax.random.fold_in(self.root_key, PARAMS_KEY))
-    config_utils.check_same_shapes(self.checkpointer.restore_config(latest), self.config, self.workdir)
-    self.checkpointer.check_tokenizer(latest, self.tokenizer.model_file)
-    state = self.checkpointer.restore(latest, abstract_state)
     if parallel.is_chief():
       print(f"Resuming from the checkpoint at step {latest} in {self.workdir}.")
     return state

@@ -135,7 +135,8 @@ def load_checkpoint(workdir: str, step: int | None = None,
   if not available:
     raise CheckpointError(f"no checkpoint in {checkpointer.directory}; train one first with "
                           f"python -m diffusion_lm.train --config=configs/e2e.py --workdir={workdir}")
-  if step is None:
+  newest = step is None
+  if newest:
     step = checkpointer.latest_valid_step()  # Skips corrupt checkpoints, with a warning naming each.
     if step is None:
       raise CheckpointError(f"every checkpoint in {checkpointer.directory} is corrupt (see the warnings); "
@@ -154,6 +155,12 @@ def load_checkpoint(workdir: str, step: int | None = None,
   with parallel.activate(mesh, parallel.logical_rules(config.mesh)):
     optimizer = train_state.make_optimizer(config.train)
     _, abstract_state, _ = train_state.state_shapes_and_shardings(model, config, optimizer, mesh)
-    state = checkpointer.restore(step, abstract_state)
+    if newest:  # An unverifiable newest checkpoint that fails to restore falls back to an older one.
+      step, state = checkpointer.restore_newest(step, abstract_state)
+      if step is None:
+        raise CheckpointError(f"no checkpoint in {checkpointer.directory} restores (see the warnings); "
+                              "train again or restore a good copy")
+    else:
+      state = checkpointer.restore(step, abstract_state)
   checkpointer.close()
   return LoadedCheckpoint(config, model, state["ema_params"], tokenizer, step, mesh, state)

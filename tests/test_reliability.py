@@ -291,6 +291,24 @@ def test_truncated_or_corrupt_latest_checkpoints_are_set_aside_and_never_loaded(
   assert_matches_reference(logged_losses(workdir), reference_losses, steps_from=41)
 
 
+def test_a_truncated_checkpoint_without_checksums_falls_back_to_an_older_one(reference, corpus, env, tmp_path):
+  """Item 6 of issue 19: no manifest to catch it, so the failed restore sets it aside instead."""
+  reference_dir, reference_losses = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_dir, workdir)
+  os.remove(workdir / "metrics.jsonl")
+  os.remove(workdir / "checkpoints" / "60" / "checksums.json")  # As written by an older version.
+  truncated = max(glob.glob(f"{workdir}/checkpoints/60/state/**/d/*", recursive=True), key=os.path.getsize)
+  os.truncate(truncated, os.path.getsize(truncated) // 2)
+  run = run_to_end(train_args(workdir, corpus), env, str(tmp_path / "resume"))
+  assert run.process.returncode == 0, run.tail()
+  warnings = [line for line in run.stderr.splitlines() if line.startswith("warning: checkpoint")]
+  assert len(warnings) == 1 and "has no checksums.json and does not restore" in warnings[0], run.tail()
+  assert f"moved it to {workdir}/checkpoints/60.corrupt, using step 50" in warnings[0]
+  assert "Resuming from the checkpoint at step 50" in run.stdout
+  assert_matches_reference(logged_losses(workdir), reference_losses)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
   """A 1.6 MB tmpfs (room for two tiny checkpoints), unmounted afterwards; skips without root."""
