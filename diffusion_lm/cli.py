@@ -83,7 +83,7 @@ def run(main) -> None:
       if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         raise
       print(f"\nerror: {error.strerror} writing {error.filename or 'the output'}; free space and run the same "
-            "command again (training resumes from its last checkpoint)", file=sys.stderr)
+            "command again", file=sys.stderr)
       sys.exit(1)
     except Exception as error:
       if jax.process_count() > 1 and _is_peer_failure(error):

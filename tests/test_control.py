@@ -147,6 +147,7 @@ def test_sample_binary_controls(workdir):
                                      text=True, timeout=300)
   result = run("--infill=The __ is a __ .", "--num_samples=2")
   assert result.returncode == 0, result.stderr[-2000:]
+  assert "read only" not in result.stderr, "orbax's read-only notices are not shown to a reader"
   assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["The", "The"]
   result = run("--infill=The Zyzzyva is __ .")
   assert result.returncode == 2 and "Traceback" not in result.stderr and "'Zyzzyva'" in result.stderr

@@ -169,3 +169,19 @@ def test_silent_acceptance_cases_now_say_something(trained_workdir, tmp_path, ca
   evaluation.evaluate(trained_workdir, text_file=str(long_text), num_t_samples=2, batch_size=8, write=False,
                       progress=False)
   assert "1 of 1 sequences are longer than the model's seq_len=16 and were cut" in capsys.readouterr().err
+
+
+def test_a_reader_with_every_checkpoint_corrupt_says_so_without_starting_afresh(trained_workdir, tmp_path, capsys):
+  import glob
+  import diffusion_lm
+  from diffusion_lm.errors import CheckpointError
+  copy = tmp_path / "copy"
+  shutil.copytree(trained_workdir, copy)
+  for step in ("10", "20"):
+    victim = max(glob.glob(f"{copy}/checkpoints/{step}/state/**/d/*", recursive=True), key=os.path.getsize)
+    os.truncate(victim, os.path.getsize(victim) // 2)
+  with pytest.raises(CheckpointError, match="every checkpoint in .* is corrupt"):
+    diffusion_lm.load(str(copy))
+  warnings = capsys.readouterr().err
+  assert "no older checkpoint is left" in warnings and "starting afresh" not in warnings
+  assert os.path.isdir(copy / "checkpoints" / "20"), "a reader never moves checkpoints"

@@ -323,6 +323,22 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
+def test_a_full_disk_on_sample_output_is_one_line_without_checkpoint_talk(reference, env, small_disk):
+  filler = small_disk / "filler"
+  with open(filler, "wb", buffering=0) as f:  # Fill the tmpfs to the last byte (unbuffered: nothing left to flush).
+    try:
+      while True:
+        f.write(b"\0" * 4096)
+    except OSError:
+      pass
+  result = subprocess.run([sys.executable, "-m", "diffusion_lm.sample", f"--workdir={reference[0]}", "--num_samples=2",
+                           "--steps=3", f"--output={small_disk / 'samples.txt'}"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert len(errors) == 1 and "No space left on device" in errors[0] and "checkpoint" not in errors[0], errors
+
+
 def test_a_full_disk_keeps_the_older_checkpoints_and_says_so(reference, corpus, env, small_disk, tmp_path):
   from diffusion_lm import checkpoint
   workdir = small_disk / "run"
