@@ -178,6 +178,9 @@ class SemanticClassifier:
     directory = os.path.join(workdir, CLASSIFIER_DIR)
     meta_path = os.path.join(directory, "classifier.json")
     if not os.path.exists(meta_path):
+      if os.path.isdir(f"{directory}.old"):  # A save stopped between its two renames: the old one is whole.
+        raise UserError(f"no semantic classifier in {directory}, but the previous one is intact in "
+                        f"{directory}.old (a save was interrupted); rename it back, or retrain")
       raise UserError(f"no semantic classifier in {directory}; train one with "
                       f"python -m diffusion_lm.train_classifier --workdir={workdir}")
     retrain = f"retrain it: python -m diffusion_lm.train_classifier --workdir={workdir}"

@@ -127,3 +127,21 @@ def test_inverse_cdf_draw_follows_the_distribution_and_skips_zero_probabilities(
   frequencies = np.bincount(drawn.ravel(), minlength=5) / drawn.size
   np.testing.assert_allclose(frequencies, probs_V, atol=0.01)
   assert frequencies[0] == frequencies[3] == 0.0
+
+
+def test_the_sample_binary_on_a_masked_workdir(masked_workdir):
+  """The README's masked commands as a user runs them: infill through the binary, guidance refused."""
+  import os
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+  run = lambda *args: subprocess.run([sys.executable, "-m", "diffusion_lm.sample", f"--workdir={masked_workdir[0]}",
+                                      "--steps=5", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                     timeout=300)
+  result = run("--infill=alpha __ charlie __", "--num_samples=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 2 and all(line.split()[0] == "alpha" and line.split()[2] == "charlie" for line in lines)
+  result = run("--control=food=Italian")
+  assert result.returncode == 2 and "Traceback" not in result.stderr and "guidance" in result.stderr
