@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.tfds_data_dir = ""  # Where tfds writes prepared datasets; "" = tfds's default.
   data.tfds_name = ""  # name="tfds": any tfds dataset, NAME[/CONFIG][:VERSION], e.g. "lm1b".
   data.tfds_text_field = "text"  # name="tfds": the feature holding the text.
+  data.tfds_source_field = ""  # name="tfds" with conditional=True: the feature holding the source.
   data.tfds_splits = ""  # name="tfds": split renames, e.g. "validation=test" (lm1b has no validation).
   data.e2e_source = "bundled"  # "bundled" copy in the package, or "official" (downloads).
   data.text_field = "ref"  # E2E field used as text: "ref" (sentences) or "mr" (meaning rep).
@@ -26,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.vocab_size = 1000  # Upper bound for "word" (rare words become <unk>), exact otherwise.
   data.seq_len = 64  # Tokens per training sequence (Diffusion-LM uses 64 on E2E).
   data.mode = "pad"  # "pad": one example per row, EOS then PAD; "pack": concatenated stream.
+  data.conditional = False  # (source, target) pairs: the source is given clean, only the target is
+  #                           generated and scored (E2E: MR → reference; text files: source<TAB>target).
+  data.source_dropout = 0.0  # Conditional: share of training rows with the source emptied, so the
+  #                            model also writes without one (pipe.generate([""])).
 
   config.model = model = ml_collections.ConfigDict()
   model.kind = "diffusion"  # "diffusion" (bidirectional denoiser) or "autoregressive" (causal).

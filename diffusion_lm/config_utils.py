@@ -44,11 +44,11 @@ RANGES = (
     ("train.ema_decay", 0.0, 1.0), ("train.log_every", 1, None), ("train.eval_every", 1, None),
     ("train.eval_batches", 1, None), ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.num_samples", 0, None), ("sample.steps", 1, None), ("sample.temperature", 1e-3, None),
-    ("diffusion.time_warp_bins", 2, None),
+    ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99),
 )
 
 # Fields that fix the shapes of the parameters: a checkpoint only restores if they agree.
-SHAPE_FIELDS = ("data.seq_len", "data.tokenizer", "data.vocab_size", "model.kind", "model.embed_dim",
+SHAPE_FIELDS = ("data.seq_len", "data.conditional", "data.tokenizer", "data.vocab_size", "model.kind", "model.embed_dim",
                 "model.d_model", "model.num_layers", "model.num_heads", "model.mlp_dim",
                 "model.parameterization", "model.self_conditioning", "model.tie_embeddings", "diffusion.time_warping",
                 "diffusion.time_warp_bins")
@@ -102,6 +102,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.diffusion.time_warping and config.diffusion.objective == "vlb":
     raise ConfigError("--config.diffusion.time_warping=True reweights t and would bias the vlb objective; "
                       "use a learned schedule for variance reduction instead")
+  if config.data.conditional and config.data.mode != "pad":
+    raise ConfigError("--config.data.conditional=True needs --config.data.mode=pad (one source and target per row)")
+  if config.data.conditional and not kinds.get(config.model.kind).conditional:
+    raise ConfigError(f"--config.model.kind={config.model.kind} does not train on (source, target) pairs; use "
+                      f"{' or '.join(k for k, v in kinds.KINDS.items() if v.conditional)}")
+  if config.data.source_dropout and not config.data.conditional:
+    raise ConfigError("--config.data.source_dropout needs --config.data.conditional=True")
   if config.data.name == "tfds" and not config.data.get("tfds_name"):
     raise ConfigError("--config.data.name=tfds needs --config.data.tfds_name=NAME, e.g. lm1b")
   if config.data.name == "text_files" and not config.data.train_files:

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from diffusion_lm.data.layout import EOS_ID, PAD_ID, SPECIAL_IDS
+from diffusion_lm.data.layout import EOS_ID, PAD_ID, SOURCE_END_ID, SPECIAL_IDS, max_source_len
 from diffusion_lm.errors import UnencodableTextError, UserError
 
 DEFAULT_BLANK = "__"
@@ -68,11 +68,13 @@ class Plan:
     mask_L: bool [L], True where the token is pinned.
     optional_L: bool [L], free slots of variable-length blanks (PAD/EOS there is dropped).
     end: the position of the pinned EOS, or None when the model chooses the length.
+    start: where the text starts (after a conditional row's source and its BOS; 0 otherwise).
   """
   tokens_L: np.ndarray
   mask_L: np.ndarray
   optional_L: np.ndarray
   end: int | None
+  start: int = 0
 
   @property
   def seq_len(self) -> int:
@@ -109,7 +111,7 @@ class Plan:
       pinned = np.flatnonzero(self.mask_L)
       start = int(pinned.max()) + 1 if len(pinned) else 0
       end = next((i for i in range(start, len(row)) if row[i] == EOS_ID), len(row))
-    return [token for token in row[:end] if token not in SPECIAL_IDS]
+    return [token for token in row[self.start:end] if token not in SPECIAL_IDS]
 
   def decode(self, tokenizer, rows_BL: np.ndarray) -> list[str]:
     """Text of each sampled row under this plan."""
@@ -123,6 +125,31 @@ def free_plan(seq_len: int) -> Plan:
     >>> free_plan(64).decode(tok, rows)   # text up to each row's first EOS
   """
   return Plan(np.full(seq_len, PAD_ID, np.int32), np.zeros(seq_len, bool), np.zeros(seq_len, bool), None)
+
+
+def conditional_plan(tokenizer, seq_len: int, source: str, **target_controls) -> Plan:
+  """A plan for a conditional model: `source` and its BOS pinned first (data/layout.py's pair row),
+  then the target under `build_plan`'s controls (template, prefix, suffix, anchors, length), whose
+  positions count from the target's first token.
+
+  Raises:
+    TemplateError: the source leaves no room for a target in `seq_len`, or the controls do not fit.
+
+  Example:
+    >>> plan = conditional_plan(tok, 96, "name[The Eagle], food[French]", length=12)
+    >>> plan.start, plan.end - plan.start
+    (12, 12)
+  """
+  source_ids = encode_words(tokenizer, source, "the source") if source else []
+  if len(source_ids) > max_source_len(seq_len):
+    raise TemplateError(f"the source has {len(source_ids)} tokens and leaves no room for a target in this model's "
+                        f"seq_len={seq_len} (at most {max_source_len(seq_len)}); shorten it")
+  start = len(source_ids) + 1
+  target = build_plan(tokenizer, seq_len - start, **target_controls)
+  pinned = np.ones(start, bool)
+  return Plan(np.concatenate([np.asarray(source_ids + [SOURCE_END_ID], np.int32), target.tokens_L]),
+              np.concatenate([pinned, target.mask_L]), np.concatenate([~pinned, target.optional_L]),
+              None if target.end is None else target.end + start, start)
 
 
 def encode_words(tokenizer, text: str, what: str) -> list[int]:

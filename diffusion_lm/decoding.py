@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_lm import control, parallel
-from diffusion_lm.data.layout import pad_after_eos
+from diffusion_lm.data.layout import SOURCE_END_ID, max_source_len, pad_after_eos
 from diffusion_lm.data.tokenizer import Tokenizer
 from diffusion_lm.errors import UserError
 
@@ -144,12 +144,60 @@ class AutoregressivePipeline:
     """Text of each row, up to its first EOS."""
     return [self.tokenizer.decode(row.tolist()) for row in tokens]
 
+  def generate(self, sources: list[str], num_samples: int = 1, steps: int | None = None, seed: int = 0,
+               sampler: str | None = None, clamp: bool | None = None, *, temperature: float = 0.0,
+               batch_size: int = 64, **unsupported) -> list[str]:
+    """A conditional model's targets, `num_samples` per source (source-major): each row starts with
+    the source and its BOS (data/layout.py) and is decoded on from there; greedy by default
+    (`temperature=0`), the usual decoding for data-to-text. Sources go `batch_size` at a time.
+
+    Example:
+      >>> ar = diffusion_lm.load("/tmp/e2e_cond_ar")
+      >>> ar.generate(["name[The Eagle], eatType[pub], food[French]"])
+    """
+    del steps, sampler, clamp  # Diffusion-only.
+    self._check_unsupported(**{name: value for name, value in unsupported.items() if value is not None})
+    if not self.config.data.conditional:
+      raise UserError("this model was trained without sources (data.conditional=False); drop the source, or "
+                      "train a conditional config such as configs/e2e_cond_ar.py")
+    if isinstance(sources, str) or not sources or not all(isinstance(source, str) for source in sources):
+      raise UserError("give the sources as a non-empty list of strings, e.g. generate(['name[The Eagle]'])")
+    if num_samples < 1 or temperature < 0:
+      raise UserError("num_samples must be >= 1 and temperature >= 0")
+    seq_len = self.config.data.seq_len
+    prefixes = []
+    for source in sources:
+      ids = control.encode_words(self.tokenizer, source, "the source") if source else []
+      if len(ids) > max_source_len(seq_len):
+        raise UserError(f"the source has {len(ids)} tokens and leaves no room for a target in this model's "
+                        f"seq_len={seq_len} (at most {max_source_len(seq_len)}); shorten it")
+      prefixes.extend([ids + [SOURCE_END_ID]] * num_samples)
+    size = min(batch_size, len(prefixes))
+    texts = []
+    for index, start in enumerate(range(0, len(prefixes), size)):
+      chunk = prefixes[start:start + size]
+      chunk = chunk + [chunk[-1]] * (size - len(chunk))  # Fixed batch: one compilation.
+      prefix_BL, mask_BL = np.zeros((size, seq_len), np.int32), np.zeros((size, seq_len), bool)
+      for row, ids in enumerate(chunk):
+        prefix_BL[row, :len(ids)], mask_BL[row, :len(ids)] = ids, True
+      with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
+        tokens = self._decoder(size, float(temperature), True)(self.params, jax.random.key(seed + index),
+                                                                prefix_BL=prefix_BL, prefix_mask_BL=mask_BL)
+      rows = np.asarray(jax.device_get(tokens))
+      texts.extend(self.tokenizer.decode(row[len(ids):].tolist()) for row, ids in zip(rows, chunk))
+    return texts[:len(prefixes)]
+
   def sample(self, num_samples: int = 8, steps: int | None = None, seed: int = 0, sampler: str | None = None,
              clamp: bool | None = None, *, length: int | None = None, guidance=None, mbr: int | None = None,
              best_of: int | None = None, temperature: float = 1.0) -> list[str]:
     """`num_samples` texts; the same seed and temperature give the same texts."""
     del steps, sampler, clamp  # Diffusion-only.
     self._check_unsupported(length=length, guidance=guidance, mbr=mbr, best_of=best_of)
+    if self.config.data.conditional:  # Without a source: the empty one it was trained with, or a refusal.
+      if not self.config.data.source_dropout:
+        raise UserError("this model writes a target for a source (data.conditional=True): give --source; it was "
+                        "not trained to write without one (--config.data.source_dropout=0)")
+      return self.generate([""] * num_samples, seed=seed, temperature=temperature)
     return self.decode(self.sample_tokens(num_samples, seed, temperature))
 
   def infill(self, template: str | None = None, num_samples: int = 1, steps: int | None = None, seed: int = 0,
@@ -159,6 +207,8 @@ class AutoregressivePipeline:
              **unused) -> list[str]:
     """Continues `prefix` (the one control a left-to-right model supports directly)."""
     del steps, sampler, clamp, unused
+    if self.config.data.conditional:
+      raise UserError("a conditional autoregressive model continues a source: give --source (pipe.generate)")
     self._check_unsupported(infill=template, suffix=suffix, anchor=anchors or None, length=length,
                             guidance=guidance, mbr=mbr, best_of=best_of)
     prefix_ids = control.encode_words(self.tokenizer, prefix, "the prefix") if prefix else None

@@ -7,6 +7,8 @@ Example:
   >>> pipe = diffusion_lm.load("/tmp/e2e")
   >>> for line in pipe.sample(num_samples=4, steps=50, seed=0):
   ...   print(line)
+  >>> cond = diffusion_lm.load("/tmp/e2e_cond")          # data.conditional: MR → text
+  >>> cond.generate(["name[The Eagle], eatType[pub], food[French]"], steps=50)
 """
 
 import warnings
@@ -18,11 +20,11 @@ import ml_collections
 import numpy as np
 
 from diffusion_lm import control, parallel, scoring, text_metrics
-from diffusion_lm.data.layout import SPECIAL_IDS, layout_row, layout_rows
+from diffusion_lm.data.layout import SPECIAL_IDS, layout_row, layout_rows, source_mask
 from diffusion_lm.data.tokenizer import Tokenizer
 from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.diffusion import likelihood, process, samplers
-from diffusion_lm.diffusion.model_fns import bind_denoiser
+from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
 from diffusion_lm.semantic_classifier import SemanticClassifier
 
 
@@ -41,8 +43,12 @@ class Trajectory(NamedTuple):
   texts: list[str]  # [B]: the final samples.
 
 
+GENERATE_BATCH_SIZE = 64  # Sources per sampler call in `generate` / `refine`: one compilation for any count.
+
+
 class Pipeline:
-  """Samples text from a diffusion model's (EMA) parameters: free, infilled, edited, guided."""
+  """Samples text from a diffusion model's (EMA) parameters: free, infilled, edited, guided; and a
+  conditional model's targets for given sources (`generate`, `refine`)."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, params, tokenizer: Tokenizer,
                mesh: jax.sharding.Mesh | None = None, step: int | None = None,
@@ -73,6 +79,8 @@ class Pipeline:
       def run(params, time_warp_table, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None,
               start_noisy=None, start_time=1.0, guidance=None):
         fns = bind_denoiser(self.model, params)
+        if self.config.data.conditional and anchor_tokens is not None:  # The source is shown clean.
+          fns = with_clean_positions(fns, anchor_tokens, source_mask(anchor_tokens))
         anchors = None if anchor_tokens is None else samplers.Anchors(
             anchor_tokens, anchor_mask, anchor_words_only, SPECIAL_IDS)
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
@@ -130,7 +138,8 @@ class Pipeline:
     Example:
       >>> pipe.sample(4, length=12, guidance=["food=Italian", "area=riverside"], best_of=4)
     """
-    if length is None and guidance is None and mbr is None and best_of is None:
+    free = length is None and guidance is None and mbr is None and best_of is None
+    if free and not self.config.data.conditional:
       return self.decode(self.sample_tokens(num_samples, steps, seed, sampler, clamp))
     return self.infill(None, num_samples, steps, seed, sampler, clamp, length=length, guidance=guidance, mbr=mbr,
                        best_of=best_of)
@@ -151,8 +160,8 @@ class Pipeline:
       >>> pipe.infill(prefix="The Eagle", suffix="in the city centre .", length=12)
       >>> pipe.infill(anchors={5: "Italian"}, length=14, mbr=4)
     """
-    plan = control.build_plan(self.tokenizer, self.config.data.seq_len, template, prefix=prefix, suffix=suffix,
-                              anchors=anchors, length=length, blank=blank, max_blank_len=max_blank_len)
+    plan = self._plan(None, template=template, prefix=prefix, suffix=suffix, anchors=anchors, length=length,
+                      blank=blank, max_blank_len=max_blank_len)
     return self._generate(plan, num_samples, steps, seed, sampler, clamp, guidance=guidance, mbr=mbr,
                           best_of=best_of)
 
@@ -171,6 +180,11 @@ class Pipeline:
     strength = control.check_strength(strength)
     if not isinstance(text, str):
       raise control.ControlError(f"the draft to edit must be a string, not {type(text).__name__}")
+    if self.config.data.conditional:
+      if keep or guidance is not None or best_of is not None:
+        raise control.ControlError("a conditional model edits through refine(drafts, sources, strength), which "
+                                   "keeps the source; keep, guidance and best_of do not apply")
+      return self.refine([text] * num_samples, [None] * num_samples, strength, steps, seed, sampler, clamp, mbr=mbr)
     seq_len = self.config.data.seq_len
     ids = control.encode_words(self.tokenizer, text, "the draft")
     if len(ids) > seq_len - 1:
@@ -185,6 +199,99 @@ class Pipeline:
     return self._generate(plan, num_samples, max(1, round(full_steps * strength)), seed, sampler, clamp,
                           guidance=guidance, mbr=mbr, best_of=best_of, drafts=draft_L, start_time=strength)
 
+  def generate(self, sources: list[str], num_samples: int = 1, steps: int | None = None, seed: int = 0,
+               sampler: str | None = None, clamp: bool | None = None, *, mbr: int | None = None,
+               **target_controls) -> list[str]:
+    """A conditional model's targets: `num_samples` per source, source-major, as one flat list.
+
+    The source is pinned clean and the target sampled after it; `target_controls` (template,
+    prefix, suffix, anchors, length, blank) constrain the target with positions counted from its
+    first token, and `mbr` picks each output from that many candidates. A model trained with
+    `data.source_dropout` > 0 also takes "" (no source). Sources go through the sampler
+    `GENERATE_BATCH_SIZE` at a time, each batch with its own seed (seed + batch index).
+
+    Example:
+      >>> pipe.generate(["name[The Eagle], eatType[coffee shop], food[French], area[riverside]"], steps=50)
+      >>> pipe.generate(["name[Loch Fyne], food[Italian]"], num_samples=4, length=12, mbr=4)
+    """
+    sources = self._check_sources(sources)
+    plans = [self._plan(source, **target_controls) for source in sources for _ in range(num_samples)]
+    return self._in_batches(plans, None, lambda chunk, drafts, chunk_seed: self._generate(
+        chunk, len(chunk), steps, chunk_seed, sampler, clamp, mbr=mbr), seed)
+
+  def refine(self, drafts: list[str], sources: list[str | None], strength: float, steps: int | None = None,
+             seed: int = 0, sampler: str | None = None, clamp: bool | None = None, *, mbr: int | None = None
+             ) -> list[str]:
+    """Revises each draft as the target of its source: noise it to t* = `strength`, denoise with the source clean.
+
+    The hybrid pipeline: an AR model drafts fast, the diffusion model rewrites the whole text
+    in parallel. Strength 0 returns the drafts; 1 ignores them (a fresh `generate`). `steps` is
+    for a full run and scales with the strength, as in `edit`.
+
+    Example:
+      >>> drafts = ar_pipe.generate(mrs)
+      >>> pipe.refine(drafts, mrs, strength=0.3, steps=200)
+    """
+    strength = control.check_strength(strength)
+    if isinstance(drafts, str) or isinstance(sources, str) or len(drafts) != len(sources):
+      raise control.ControlError("give one draft per source: refine(list of drafts, list of sources, strength)")
+    plans = [self._plan(source) for source in sources]  # A source for an unconditional model is refused here.
+    draft_rows = []
+    for index, (plan, draft) in enumerate(zip(plans, drafts)):
+      if not isinstance(draft, str):
+        raise control.ControlError(f"draft {index + 1} must be a string, not {type(draft).__name__}")
+      ids = control.encode_words(self.tokenizer, draft, f"draft {index + 1}")
+      room = plan.seq_len - plan.start
+      if len(ids) > room - 1:
+        raise control.TemplateError(f"draft {index + 1} has {len(ids)} tokens but {room - 1} fit after its source")
+      row_L = plan.tokens_L.copy()
+      row_L[plan.start:] = layout_row(ids, room)
+      draft_rows.append(row_L)
+    if strength == 0.0:
+      return [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(plans, draft_rows)]
+    refine_steps = max(1, round((steps or self.config.sample.steps) * strength))
+    return self._in_batches(plans, np.stack(draft_rows), lambda chunk, chunk_drafts, chunk_seed: self._generate(
+        chunk, len(chunk), refine_steps, chunk_seed, sampler, clamp, mbr=mbr, drafts=chunk_drafts,
+        start_time=strength), seed)
+
+  def _check_sources(self, sources) -> list[str]:
+    if isinstance(sources, str) or not all(isinstance(source, str) for source in sources) or not sources:
+      raise control.ControlError("give the sources as a non-empty list of strings, e.g. generate(['name[The Eagle]'])")
+    return list(sources)
+
+  def _plan(self, source: str | None, **target_controls) -> control.Plan:
+    """The plan for a row: the target's controls, after the source when the model is conditional."""
+    seq_len = self.config.data.seq_len
+    if not self.config.data.conditional:
+      if source is not None:
+        raise control.ControlError("this model was trained without sources (data.conditional=False); drop the "
+                                   "source, or train a conditional config such as configs/e2e_cond.py")
+      return control.build_plan(self.tokenizer, seq_len, **target_controls)
+    if source is None:
+      if not self.config.data.source_dropout:
+        raise control.ControlError("this model writes a target for a source (data.conditional=True): give "
+                                   "--source (pipe.generate(sources)); it was not trained to write without one "
+                                   "(--config.data.source_dropout=0)")
+      source = ""
+    return control.conditional_plan(self.tokenizer, seq_len, source, **target_controls)
+
+  @staticmethod
+  def _in_batches(plans: list, drafts_NL, run, seed: int) -> list[str]:
+    """run(plans, drafts, seed) over fixed batches of GENERATE_BATCH_SIZE (the last padded with its
+    own last plan), so any number of sources compiles one sampler."""
+    outputs = []
+    for index, start in enumerate(range(0, len(plans), GENERATE_BATCH_SIZE)):
+      chunk = plans[start:start + GENERATE_BATCH_SIZE]
+      real = len(chunk)
+      size = GENERATE_BATCH_SIZE if len(plans) > GENERATE_BATCH_SIZE else real
+      chunk = chunk + [chunk[-1]] * (size - real)
+      chunk_drafts = None
+      if drafts_NL is not None:
+        chunk_drafts = drafts_NL[start:start + real]
+        chunk_drafts = np.concatenate([chunk_drafts, np.repeat(chunk_drafts[-1:], size - real, axis=0)])
+      outputs.extend(run(chunk, chunk_drafts, seed + index)[:real])
+    return outputs
+
   def guidance(self, controls, fluency_weight: float = guidance_lib.FLUENCY_WEIGHT,
                step_size: float = guidance_lib.STEP_SIZE, num_steps: int = guidance_lib.NUM_STEPS):
     """A `Guidance` towards `["food=Italian", ...]` from the workdir's semantic classifier.
@@ -193,6 +300,9 @@ class Pipeline:
       >>> guide = pipe.guidance(["food=Italian"], fluency_weight=0.01, step_size=0.1, num_steps=3)  # Diffusion-LM's
       >>> pipe.sample(4, guidance=guide)
     """
+    if self.config.data.conditional:
+      raise control.ControlError("classifier guidance steers an unconditional model; a conditional model's "
+                                 "source is its control (give the attributes in --source)")
     if self._classifier is None:
       if self.workdir is None:
         raise control.ControlError("this pipeline was not loaded from a workdir; load it with "
@@ -248,7 +358,7 @@ class Pipeline:
     if key not in self._compiled:  # The same row function each call, so jit reuses its compilation.
       self._compiled[key] = self._score_row_fn(num_t_samples, seed)
     seq_len = self.config.data.seq_len
-    tokens_NL, _ = scoring.encode_rows(texts, self.tokenizer, seq_len, "pad")
+    tokens_NL, _ = scoring.encode_rows(texts, self.tokenizer, seq_len, "pad", self.config.data.conditional)
     devices = parallel.data_parallel_size(self.mesh)
     batch_size = devices * -(-8 // devices)  # Fixed (short lists are padded): one compilation for any list.
     per_row = scoring.score_rows(self._compiled[key], self.params, tokens_NL, batch_size, self.mesh,

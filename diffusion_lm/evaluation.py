@@ -80,7 +80,8 @@ def evaluate(workdir: str, split: str = "test", text_file: str | None = None, nu
   texts = eval_texts(config, split, text_file)
   if max_sequences:
     texts = texts[:max_sequences]
-  tokens_NL, stats = scoring.encode_rows(texts, loaded.tokenizer, config.data.seq_len, config.data.mode)
+  tokens_NL, stats = scoring.encode_rows(texts, loaded.tokenizer, config.data.seq_len, config.data.mode,
+                                             config.data.conditional)
   if stats["num_truncated_sequences"]:
     parallel.warn(f"{stats['num_truncated_sequences']} of {len(texts)} sequences are longer than the model's "
                   f"seq_len={config.data.seq_len} and were cut (EOS kept): the figures are for the cut text")

@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from diffusion_lm import parallel
 from diffusion_lm.data import batching
-from diffusion_lm.data.layout import UNK_ID
+from diffusion_lm.data.layout import UNK_ID, source_mask
 from diffusion_lm.data.tokenizer import normalize_words
 from diffusion_lm.diffusion import likelihood, masked
-from diffusion_lm.diffusion.model_fns import bind_denoiser
+from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
 from diffusion_lm.errors import UserError
 from diffusion_lm.models import autoregressive
 
@@ -54,10 +54,11 @@ class ScoringOptions:
   x0_estimate: str = "network"
 
 
-def encode_rows(texts: Sequence[str], tokenizer, seq_len: int, mode: str) -> tuple[np.ndarray, dict]:
+def encode_rows(texts: Sequence[str], tokenizer, seq_len: int, mode: str,
+                conditional: bool = False) -> tuple[np.ndarray, dict]:
   """Token rows [N, seq_len] as training encodes them, and counts a reader needs (unk, truncated)."""
-  tokens_NL = batching.encode_corpus(texts, tokenizer, seq_len, mode)
-  lengths = [len(ids) + 1 for ids in tokenizer.encode_batch(list(texts))]  # + EOS
+  tokens_NL = batching.encode_corpus(texts, tokenizer, seq_len, mode, conditional)
+  lengths = [len(ids) + 1 + conditional for ids in tokenizer.encode_batch(list(texts))]  # + EOS (+ a pair's BOS)
   stats = {"num_unk_tokens": int(np.sum(tokens_NL == UNK_ID)),
            "num_truncated_sequences": int(sum(n > seq_len for n in lengths)) if mode == "pad" else 0}
   return tokens_NL, stats
@@ -124,15 +125,18 @@ def likelihood_row_fn(model, config, options: ScoringOptions) -> RowFn:
   Example:
     >>> row_fn = likelihood_row_fn(model, config, ScoringOptions(num_t_samples=8))
   """
-  del config  # The schedule, learned or fixed, is the model's own (DenoiserFns.log_snr).
+  conditional = config.data.conditional  # The schedule, learned or fixed, is the model's own (fns.log_snr).
 
   def row_fn(params, tokens_BL, row_ids_B):
     keys_B = jax.vmap(lambda row: jax.random.fold_in(jax.random.key(options.seed), row))(row_ids_B)
-    fns = bind_denoiser(model, params)
+    fns, scored_BL = bind_denoiser(model, params), None
+    if conditional:  # −log p(target | source): the source is given clean and not scored.
+      source_BL = source_mask(tokens_BL)
+      fns, scored_BL = with_clean_positions(fns, tokens_BL, source_BL), ~source_BL
     return likelihood.sequence_bounds(
         fns, tokens_BL, keys_B, fns.log_snr, options.num_t_samples, embedding_noise=options.embedding_noise,
         num_timesteps=options.discrete_steps, time_sampling=options.time_sampling,
-        x0_estimate=options.x0_estimate)
+        x0_estimate=options.x0_estimate, scored_BL=scored_BL)
   return row_fn
 
 
@@ -160,11 +164,14 @@ def bound_report(per_row: dict[str, np.ndarray], options: ScoringOptions) -> dic
 
 def autoregressive_row_fn(model, config=None, options: ScoringOptions | None = None) -> RowFn:
   """row_fn for `score_rows`: each sequence's exact NLL (nats, summed) and counted tokens."""
-  del config, options  # Exact: nothing is drawn or estimated.
+  del options  # Exact: nothing is drawn or estimated.
+  conditional = config is not None and config.data.conditional
 
   def row_fn(params, tokens_BL, row_ids_B):
     del row_ids_B
-    nll_BL, counted_BL = autoregressive.token_nll(model.apply({"params": params}, tokens_BL), tokens_BL)
+    scored_BL = ~source_mask(tokens_BL) if conditional else None  # −log p(target | source).
+    nll_BL, counted_BL = autoregressive.token_nll(model.apply({"params": params}, tokens_BL), tokens_BL,
+                                                  scored_BL=scored_BL)
     return {"nll": jnp.sum(nll_BL, -1), "num_tokens": jnp.sum(counted_BL, -1).astype(jnp.float32)}
   return row_fn
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from diffusion_lm import checkpoint, config_utils, kinds, metrics, numerics, parallel, workdir as workdir_lib
 from diffusion_lm.data import batching, datasets
-from diffusion_lm.data.layout import PAD_ID, UNK_ID
+from diffusion_lm.data.layout import PAD_ID, PAIR_SEPARATOR, UNK_ID, split_pair
 from diffusion_lm.errors import TrainingDivergedError
 from diffusion_lm.lock import TrainerLock
 from diffusion_lm.preemption import PreemptionWatcher
@@ -102,10 +102,15 @@ class _Run:
     """Data, tokenizer, model, optimizer, checkpointer and writers (the lock is held)."""
     train_texts = datasets.load_texts(config.data, "train")
     self.tokenizer = workdir_lib.load_or_train_tokenizer(workdir, config.data, train_texts)
-    encode = lambda texts: batching.encode_corpus(texts, self.tokenizer, config.data.seq_len, config.data.mode)
+    encode = lambda texts: batching.encode_corpus(texts, self.tokenizer, config.data.seq_len, config.data.mode,
+                                                  config.data.conditional)
     self.train_tokens = encode(train_texts)
     warn_if_mostly_unknown(self.train_tokens, config.data.vocab_size)
-    self.validation_tokens = encode(datasets.load_texts(config.data, "validation"))
+    validation_texts = datasets.load_texts(config.data, "validation")
+    self.validation_tokens = encode(validation_texts)
+    # A conditional model's training-time samples are outputs for the first validation sources.
+    self.sample_sources = list(dict.fromkeys(split_pair(text)[0] for text in validation_texts))[
+        :config.train.num_samples] if config.data.conditional else []
     self.model = self.kind.build_model(config, self.tokenizer.vocab_size)
     self.optimizer = make_optimizer(config.train)
     self.root_key = jax.random.key(config.seed)
@@ -184,6 +189,9 @@ class _Run:
     if self.pipeline is None:
       self.pipeline = self.kind.make_pipeline(self.config, self.model, state, self.tokenizer, self.mesh, None)
     self.pipeline.use_weights(state["ema_params"], state.get("time_warp"))
+    if self.sample_sources:
+      outputs = self.pipeline.generate(self.sample_sources, seed=self.config.seed)
+      return [f"{source}{PAIR_SEPARATOR}{output}" for source, output in zip(self.sample_sources, outputs)]
     return self.pipeline.sample(self.config.train.num_samples, seed=self.config.seed)
 
   def evaluate_and_sample(self, step: int, state: dict) -> tuple[dict, list[str]]:
@@ -207,7 +215,8 @@ class _Run:
     config, num_steps = self.config, self.config.train.num_steps
     state = self.init_or_restore()
     self.compile_steps()
-    source = batching.BatchSource(self.train_tokens, config.train.batch_size, seed=config.seed)
+    source = batching.BatchSource(self.train_tokens, config.train.batch_size, seed=config.seed,
+                                  source_dropout=config.data.source_dropout)
     step = int(state["step"])
     last_metrics, samples, preempted = {}, [], False
     if step >= num_steps and self.checkpointer.latest_step() is not None and parallel.is_chief():

@@ -13,7 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from diffusion_lm.data.layout import PAD_ID, layout_rows
+from diffusion_lm.data.layout import PAD_ID, drop_source, layout_pair, layout_rows, max_source_len, split_pair
+from diffusion_lm.errors import DataError
 
 ENCODE_MODES = ("pad", "pack")
 
@@ -25,8 +26,13 @@ class _Encoder(Protocol):  # what encode_corpus needs from diffusion_lm.data.tok
     ...
 
 
-def encode_corpus(texts: Sequence[str], tokenizer: _Encoder, seq_len: int, mode: str) -> np.ndarray:
+def encode_corpus(texts: Sequence[str], tokenizer: _Encoder, seq_len: int, mode: str,
+                  conditional: bool = False) -> np.ndarray:
   """Encodes texts into an int32 array [N, seq_len]; every text ends with eos.
+
+  `conditional`: each text is `source<TAB>target`, one row `source, BOS, target, EOS, PAD` per
+  text (data/layout.py; pad mode only); a text without a tab, or a source leaving no room for a
+  target, is a DataError.
 
   "pad": one row per text in the layout of data.layout (tokens, EOS, PAD; a long text is cut
   and keeps its EOS). "pack": all (tokens + [eos]) streams concatenated and cut into
@@ -41,10 +47,27 @@ def encode_corpus(texts: Sequence[str], tokenizer: _Encoder, seq_len: int, mode:
     raise ValueError(f"mode={mode!r} is not one of {ENCODE_MODES}")
   if seq_len < 1:
     raise ValueError(f"seq_len={seq_len} must be >= 1")
+  if conditional:
+    return _encode_pairs(texts, tokenizer, seq_len)
   token_lists = tokenizer.encode_batch(list(texts))
   if mode == "pack":
     return _pack(token_lists, tokenizer.eos_id, seq_len)
   return layout_rows(token_lists, seq_len)
+
+
+def _encode_pairs(texts: Sequence[str], tokenizer: _Encoder, seq_len: int) -> np.ndarray:
+  pairs = [split_pair(text) for text in texts]
+  missing = next((i for i, pair in enumerate(pairs) if pair is None), None)
+  if missing is not None:
+    raise DataError(f"example {missing + 1} ({texts[missing][:60]!r}) has no tab between source and target; a "
+                    "conditional model reads source<TAB>target")
+  sources = tokenizer.encode_batch([source for source, _ in pairs])
+  targets = tokenizer.encode_batch([target for _, target in pairs])
+  longest = max(range(len(sources)), key=lambda i: len(sources[i]))
+  if len(sources[longest]) > max_source_len(seq_len):
+    raise DataError(f"example {longest + 1}'s source has {len(sources[longest])} tokens and leaves no room for the "
+                    f"target in --config.data.seq_len={seq_len} (at most {max_source_len(seq_len)}); raise seq_len")
+  return np.stack([layout_pair(s, t, seq_len) for s, t in zip(sources, targets)]).astype(np.int32)
 
 
 def _pack(token_lists: list[list[int]], eos_id: int, seq_len: int) -> np.ndarray:
@@ -77,7 +100,8 @@ class BatchSource:
       (32, 64)
   """
 
-  def __init__(self, tokens: np.ndarray, global_batch_size: int, seed: int, shuffle: bool = True):
+  def __init__(self, tokens: np.ndarray, global_batch_size: int, seed: int, shuffle: bool = True,
+               source_dropout: float = 0.0):
     if tokens.ndim != 2 or len(tokens) == 0:
       raise ValueError(f"tokens must be a non-empty [N, seq_len] array, got {tokens.shape}")
     if global_batch_size < 1:
@@ -86,6 +110,7 @@ class BatchSource:
     self.global_batch_size = global_batch_size
     self.seed = seed
     self.shuffle = shuffle
+    self.source_dropout = source_dropout  # Share of conditional rows whose source is emptied (layout.drop_source).
     self._permutations: dict[int, np.ndarray] = {}  # epoch -> row order, a few cached
 
   @property
@@ -121,7 +146,12 @@ class BatchSource:
     for epoch in np.unique(epochs):
       in_epoch = epochs == epoch
       row_ids[in_epoch] = self._permutation(int(epoch))[rows_in_epoch[in_epoch]]
-    return self.tokens[row_ids]
+    rows = self.tokens[row_ids]
+    if self.source_dropout:  # Drawn for the global batch, so it does not depend on the process count.
+      dropped = np.random.default_rng([self.seed, step, 1]).random(self.global_batch_size) < self.source_dropout
+      local_dropped = dropped[process_index * local_size:(process_index + 1) * local_size]
+      rows = np.stack([drop_source(row) if drop else row for row, drop in zip(rows, local_dropped)])
+    return rows
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if not self.shuffle:

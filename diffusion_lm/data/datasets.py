@@ -9,7 +9,9 @@ Two builders, both written as ArrayRecord files and read back with random access
   (PTB is loaded this way). Each set of files gets its own config, named by a hash of the
   paths, sizes and mtimes, so different corpora never collide in one tfds data dir.
 
-The rest of the code calls only `load_texts(data_config, split)`.
+The rest of the code calls only `load_texts(data_config, split)`. With `data.conditional` each text is
+a (source, target) pair as one string `source<TAB>target` (data/layout.py): E2E's MR and reference, a
+text file's lines as they are (each must hold a tab), or a tfds dataset's two fields.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
+from diffusion_lm.data.layout import PAIR_SEPARATOR
 from diffusion_lm.errors import DataError
 
 
@@ -282,6 +285,7 @@ def load_texts(data_config: Any, split: str) -> list[str]:
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
   data_dir = data_config.tfds_data_dir or None
+  conditional = data_config.get("conditional", False)
   if data_config.name == "e2e":
     text_field = data_config.text_field
     if text_field not in E2E_TEXT_FIELDS:
@@ -292,11 +296,17 @@ def load_texts(data_config: Any, split: str) -> list[str]:
                                      config=data_config.e2e_source,
                                      data_dir=data_dir,
                                      file_format="array_record")
+    if conditional:  # MR → reference.
+      data_source = _prepared_builder(make_builder).as_data_source(split)
+      return join_pairs(_read_field(data_source, "mr"), _read_field(data_source, "ref"))
   elif data_config.name == "text_files":
     text_field = "text"
     split_files = _configured_text_files(data_config)
     if split not in split_files:
       raise DataError(f"no {split} files configured; set data.{split}_files")
+    if conditional:
+      for path in split_files[split]:
+        check_pair_lines(path)
     make_builder = functools.partial(text_files_builder, split_files, data_dir)
   elif data_config.name == "tfds":
     return _load_tfds_texts(data_config, split, data_dir)
@@ -324,7 +334,45 @@ def _load_tfds_texts(data_config: Any, split: str, data_dir: str | None) -> list
   if tfds_split not in builder.info.splits:
     raise DataError(f"tfds {name!r} has no {tfds_split!r} split (it has {', '.join(builder.info.splits)}); "
                     f"map it with --config.data.tfds_splits={split}=<one of those>")
-  return _read_field(builder.as_data_source(tfds_split), data_config.get("tfds_text_field", "text"))
+  data_source = builder.as_data_source(tfds_split)
+  targets = _read_field(data_source, data_config.get("tfds_text_field", "text"))
+  if not data_config.get("conditional", False):
+    return targets
+  source_field = data_config.get("tfds_source_field", "")
+  if not source_field:
+    raise DataError("a conditional tfds dataset needs --config.data.tfds_source_field=FIELD (the source text)")
+  return join_pairs(_read_field(data_source, source_field), targets)
+
+
+def join_pairs(sources: list[str], targets: list[str]) -> list[str]:
+  """`source<TAB>target` per example; tabs and newlines inside a field become spaces.
+
+  Example:
+      >>> join_pairs(["name[The Eagle]"], ["The Eagle is a pub."])
+      ['name[The Eagle]\tThe Eagle is a pub.']
+  """
+  flatten = lambda text: " ".join(text.split())
+  return [f"{flatten(source)}{PAIR_SEPARATOR}{flatten(target)}" for source, target in zip(sources, targets)]
+
+
+def check_pair_lines(path: str) -> None:
+  """DataError naming the first line of `path` without a tab (a conditional corpus needs source<TAB>target).
+
+  Example:
+      >>> check_pair_lines("/data/pairs.tsv")   # DataError: /data/pairs.tsv, line 3: no tab ...
+  """
+  for line_number, line in _numbered_text_lines(path):
+    if PAIR_SEPARATOR not in line.strip():  # Stripped as read_text_lines strips: a leading tab is lost.
+      raise DataError(f"{path}, line {line_number}: no tab between source and target; a conditional config (--config.data.conditional=True) "
+                      "reads source<TAB>target lines; add the tab or set --config.data.conditional=False")
+
+
+def _numbered_text_lines(path: str) -> Iterator[tuple[int, str]]:
+  """(1-based line number, raw line without its newline) of each non-blank line of a UTF-8 file."""
+  with open(path, encoding="utf-8", errors="replace") as text_file:
+    for line_number, line in enumerate(text_file, start=1):
+      if line.strip():
+        yield line_number, line.rstrip("\r\n")
 
 
 def check_data_files(data_config, splits: tuple[str, ...] = ("train", "validation")) -> None:

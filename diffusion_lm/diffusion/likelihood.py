@@ -153,8 +153,11 @@ def _clean_estimate(fns: DenoiserFns, noisy_BLD, t_B, x0_estimate: str = "networ
 def sequence_bounds(fns: DenoiserFns, tokens_BL: jax.Array, row_keys_B: jax.Array, log_snr_fn: LogSnrFn,
                     num_t_samples: int = 8, *, embedding_noise: bool = False, num_timesteps: int = 0,
                     time_sampling: str = "log_snr", x0_estimate: str = "network",
-                    pad_id: int = 0) -> dict[str, jax.Array]:
+                    pad_id: int = 0, scored_BL: jax.Array | None = None) -> dict[str, jax.Array]:
   """Per-sequence bound terms in nats (each [B]), from per-row keys so rows never interact.
+
+  `scored_BL` (None: all positions) limits every term and the token count to those positions: the
+  bound on −log p(target | source) of a conditional model, whose `fns` see the source clean.
 
   Returns `prior`, `diffusion`, `reconstruction`, `total` (replicate means, summed over all L
   positions), `pad` (the part of `total` at PAD positions), `<name>_variance` (MC variance
@@ -176,6 +179,9 @@ def sequence_bounds(fns: DenoiserFns, tokens_BL: jax.Array, row_keys_B: jax.Arra
   x_BLD = fns.embed(tokens_BL).astype(jnp.float32)
   shape_LD = x_BLD.shape[1:]
   is_pad_BL = tokens_BL == pad_id
+  # Zeroes what is not scored (a conditional row's source); the identity for an unconditional model.
+  scored = (lambda values_BL: values_BL) if scored_BL is None else (
+      lambda values_BL: jnp.where(scored_BL, values_BL, 0.0))
 
   def draws(key):
     time_key, noise_key, reconstruction_key = jax.random.split(key, 3)
@@ -191,7 +197,7 @@ def sequence_bounds(fns: DenoiserFns, tokens_BL: jax.Array, row_keys_B: jax.Arra
     alpha_B, sigma_B, _ = marginal(t_B)
     noisy_BLD = diffuse(x_BLD, alpha_B, sigma_B, noise_BLD)
     _, x0_BLD = _clean_estimate(fns, noisy_BLD, t_B, x0_estimate)
-    weighted_BL = weight_B[:, None] * jnp.sum((x_BLD - x0_BLD.astype(jnp.float32)) ** 2, axis=-1)
+    weighted_BL = scored(weight_B[:, None] * jnp.sum((x_BLD - x0_BLD.astype(jnp.float32)) ** 2, axis=-1))
     return jnp.stack([jnp.sum(weighted_BL, -1), jnp.sum(jnp.where(is_pad_BL, weighted_BL, 0.0), -1)])
 
   # [B, R, M, ...] → [R·M, B, ...]: one denoiser call per (replicate, time index).
@@ -205,19 +211,20 @@ def sequence_bounds(fns: DenoiserFns, tokens_BL: jax.Array, row_keys_B: jax.Arra
     t_B = jnp.zeros((batch_size,))
     alpha_B, sigma_B, _ = marginal(t_B)
     logits_BLV, _ = _clean_estimate(fns, diffuse(x_BLD, alpha_B, sigma_B, noise0_BLD), t_B)
-    nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV.astype(jnp.float32), tokens_BL)
+    nll_BL = scored(optax.softmax_cross_entropy_with_integer_labels(logits_BLV.astype(jnp.float32), tokens_BL))
     return jnp.stack([jnp.sum(nll_BL, -1), jnp.sum(jnp.where(is_pad_BL, nll_BL, 0.0), -1)], -1)
   reconstruction_RB2 = jax.lax.map(reconstruction_at, jnp.moveaxis(noise0_BRLD, 1, 0))
   reconstruction_BR, pad_reconstruction_BR = reconstruction_RB2[..., 0].T, reconstruction_RB2[..., 1].T
 
-  prior_BL = jnp.sum(prior_kl(x_BLD, log_snr_fn, embedding_noise), axis=-1)
+  prior_BL = scored(jnp.sum(prior_kl(x_BLD, log_snr_fn, embedding_noise), axis=-1))
   prior_B, pad_prior_B = jnp.sum(prior_BL, -1), jnp.sum(jnp.where(is_pad_BL, prior_BL, 0.0), -1)
   replicates = {"prior": jnp.stack([prior_B, prior_B], -1), "diffusion": diffusion_BR,
                 "reconstruction": reconstruction_BR}
   replicates["total"] = sum(replicates[term] for term in TERMS)
   # What generating the PAD positions costs, part of `total` (≈ 0 for an ideal model).
   replicates["pad"] = pad_prior_B[:, None] + pad_diffusion_BR + pad_reconstruction_BR
-  out = {"num_tokens": jnp.sum(tokens_BL != pad_id, axis=-1).astype(jnp.float32)}
+  counted_BL = tokens_BL != pad_id if scored_BL is None else (tokens_BL != pad_id) & scored_BL
+  out = {"num_tokens": jnp.sum(counted_BL, axis=-1).astype(jnp.float32)}
   for name, values_BR in replicates.items():
     out[name] = values_BR.mean(-1)
     out[f"{name}_variance"] = 0.25 * (values_BR[:, 0] - values_BR[:, 1]) ** 2

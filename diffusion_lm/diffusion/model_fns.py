@@ -12,6 +12,7 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,3 +43,21 @@ def bind_denoiser(model, params, dropout_rng: jax.Array | None = None) -> Denois
       log_snr=lambda t, freeze_interior=False, freeze_endpoints=False: model.apply(
           variables, t, freeze_interior, freeze_endpoints, method=model.log_snr),
   )
+
+
+def with_clean_positions(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.Array) -> DenoiserFns:
+  """The denoiser seeing the clean E[w] at `clean_BL` positions, whatever z_t holds there.
+
+  A conditional model's source (DiffuSeq's partial noising): the forward process, the sampler
+  and the bound all run as for an unconditional model, and the network is only ever shown the
+  source clean; the objectives then count the other positions only.
+
+  Example:
+    >>> fns = with_clean_positions(bind_denoiser(model, params), tokens_BL, layout.source_mask(tokens_BL))
+  """
+  clean_BLD = fns.embed(tokens_BL)
+
+  def denoise(noisy_BLD, t_B, self_cond_BLD=None):
+    return fns.denoise(jnp.where(clean_BL[..., None], clean_BLD.astype(noisy_BLD.dtype), noisy_BLD), t_B,
+                       self_cond_BLD)
+  return dataclasses.replace(fns, denoise=denoise)

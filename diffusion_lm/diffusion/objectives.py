@@ -8,13 +8,15 @@
   denoiser's logits against the clean tokens, z_t = α_t E[w] + σ_t ε, the embeddings learned
   through z_t (keep them normalised: `model.normalize_embeddings`).
 
-Every objective takes the batch's times `t_B` (None: stratified uniform) and returns
-(loss, metrics); metrics hold the per-example loss and t under "per_example/…" for time warping.
+Every objective takes the batch's times `t_B` (None: stratified uniform) and `target_BL`, the
+positions the loss counts (None: all; a conditional model's target, its source given clean through
+`model_fns.with_clean_positions`), and returns (loss, metrics); metrics hold the per-example loss and t under "per_example/…" for time warping.
 
 Example:
   >>> loss, metrics = e2e_loss(fns, tokens, key, schedules.get_schedule("sqrt"), num_timesteps=2000)
 """
 
+import math
 from typing import Callable
 
 import jax
@@ -31,6 +33,25 @@ def low_discrepancy_times(rng: jax.Array, batch_size: int) -> jax.Array:
   return jnp.mod(offset + jnp.arange(batch_size) / batch_size, 1.0)
 
 
+def position_mean(values_BL: jax.Array, target_BL: jax.Array | None) -> jax.Array:
+  """[B]: the mean over positions (and any trailing axes) of `values_BL`, over `target_BL` only when given."""
+  axes = tuple(range(1, values_BL.ndim))
+  if target_BL is None:
+    return jnp.mean(values_BL, axis=axes)
+  weight_BL = jnp.reshape(target_BL, target_BL.shape + (1,) * (values_BL.ndim - 2))
+  count_B = jnp.maximum(jnp.sum(target_BL, axis=1), 1) * math.prod(values_BL.shape[2:])
+  return jnp.sum(jnp.where(weight_BL, values_BL, 0.0), axis=axes) / count_B
+
+
+def position_sum(values_BL: jax.Array, target_BL: jax.Array | None) -> jax.Array:
+  """[B]: the sum over positions (and trailing axes) of `values_BL`, over `target_BL` only when given."""
+  axes = tuple(range(1, values_BL.ndim))
+  if target_BL is None:
+    return jnp.sum(values_BL, axis=axes)
+  weight_BL = jnp.reshape(target_BL, target_BL.shape + (1,) * (values_BL.ndim - 2))
+  return jnp.sum(jnp.where(weight_BL, values_BL, 0.0), axis=axes)
+
+
 def self_condition(fns: DenoiserFns, noisy_BLD, t_B, rng, rate: float):
   """x̂0 from a first, gradient-free pass on a `rate` fraction of the batch, zeros elsewhere."""
   if not fns.self_conditioning:
@@ -42,7 +63,8 @@ def self_condition(fns: DenoiserFns, noisy_BLD, t_B, rng, rate: float):
 
 def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
              log_snr_fn: LogSnrFn, num_timesteps: int,
-             self_cond_rate: float = 0.5, t_B: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             self_cond_rate: float = 0.5, t_B: jax.Array | None = None,
+             target_BL: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Diffusion-LM's L_e2e-simple on a batch of token ids; returns (loss, per-term metrics)."""
   time_rng, noise0_rng, noise_rng, self_cond_rng = jax.random.split(rng, 4)
   batch_size = tokens_BL.shape[0]
@@ -60,11 +82,12 @@ def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
   # The first bucket of the discrete grid regresses onto the clean embedding (Diffusion-LM's t0 loss).
   in_first_bucket_B = t_B < 1.0 / num_timesteps
   target_BLD = jnp.where(in_first_bucket_B[:, None, None], clean_BLD, x0_BLD)
-  mse_B = jnp.mean((predicted_x0_BLD - target_BLD) ** 2, axis=(1, 2))
+  mse_B = position_mean((predicted_x0_BLD - target_BLD) ** 2, target_BL)
 
-  rounding_B = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(fns.round_logits(x0_BLD), tokens_BL), axis=1)
+  rounding_B = position_mean(
+      optax.softmax_cross_entropy_with_integer_labels(fns.round_logits(x0_BLD), tokens_BL), target_BL)
   alpha_1, _ = alpha_sigma(log_snr_fn(jnp.ones(())))
-  prior_B = jnp.mean((alpha_1 * x0_BLD) ** 2, axis=(1, 2))
+  prior_B = position_mean((alpha_1 * x0_BLD) ** 2, target_BL)
 
   loss_B = mse_B + rounding_B + prior_B
   loss = jnp.mean(loss_B)
@@ -74,7 +97,8 @@ def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
 
 def cdcd_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
               log_snr_fn: LogSnrFn, num_timesteps: int,
-              self_cond_rate: float = 0.5, t_B: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              self_cond_rate: float = 0.5, t_B: jax.Array | None = None,
+              target_BL: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CDCD: cross-entropy of f(z_t, t)'s logits against the tokens; returns (loss, metrics)."""
   del num_timesteps  # Continuous time throughout.
   time_rng, noise_rng, self_cond_rng = jax.random.split(rng, 3)
@@ -85,8 +109,10 @@ def cdcd_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
   self_cond_BLD = self_condition(fns, noisy_BLD, t_B, self_cond_rng, self_cond_rate)
   logits_BLV, _ = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
   cross_entropy_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
-  cross_entropy_B = jnp.mean(cross_entropy_BL, axis=1)
-  accuracy = jnp.mean(jnp.argmax(logits_BLV, -1) == tokens_BL)
+  cross_entropy_B = position_mean(cross_entropy_BL, target_BL)
+  correct_BL = jnp.argmax(logits_BLV, -1) == tokens_BL
+  accuracy = jnp.mean(correct_BL) if target_BL is None else jnp.sum(correct_BL & target_BL) / jnp.maximum(
+      jnp.sum(target_BL), 1)
   loss = jnp.mean(cross_entropy_B)
   return loss, {"loss": loss, "cross_entropy": loss, "token_accuracy": accuracy,
                 "per_example/loss": cross_entropy_B, "per_example/t": t_B}
@@ -94,7 +120,8 @@ def cdcd_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
 
 def vlb_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
              log_snr_fn: Callable[..., jax.Array], num_timesteps: int,
-             self_cond_rate: float = 0.5, t_B: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             self_cond_rate: float = 0.5, t_B: jax.Array | None = None,
+             target_BL: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The continuous-time bound (VDM / Plaid) per position: prior KL + diffusion + reconstruction.
 
   With a learned schedule (`log_snr_fn` taking freeze flags), the endpoints are trained by the
@@ -112,21 +139,25 @@ def vlb_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
   noisy_BLD = diffuse(clean_BLD, alpha_t, sigma_t, jax.random.normal(noise_rng, clean_BLD.shape))
   self_cond_BLD = self_condition(fns, noisy_BLD, t_B, self_cond_rng, self_cond_rate)
   _, predicted_x0_BLD = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
-  squared_error_B = jnp.sum((clean_BLD - predicted_x0_BLD) ** 2, axis=(1, 2))
+  squared_error_B = position_sum((clean_BLD - predicted_x0_BLD) ** 2, target_BL)
   diffusion_B = -0.5 * log_snr_slope_B * jnp.exp(log_snr_B) * squared_error_B
 
   alpha_0, sigma_0 = alpha_sigma(bound_log_snr(jnp.zeros((batch_size,))))
   noisy_0_BLD = diffuse(clean_BLD, alpha_0, sigma_0, jax.random.normal(noise0_rng, clean_BLD.shape))
   logits_0_BLV, _ = fns.denoise(noisy_0_BLD, jnp.zeros((batch_size,)), None)
-  reconstruction_B = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits_0_BLV, tokens_BL), axis=1)
+  reconstruction_B = position_sum(optax.softmax_cross_entropy_with_integer_labels(logits_0_BLV, tokens_BL), target_BL)
 
   alpha_1, sigma_1 = alpha_sigma(bound_log_snr(jnp.ones(())))
-  prior_B = jnp.sum(0.5 * ((alpha_1 * clean_BLD) ** 2 + sigma_1**2 - 1.0 - jnp.log(sigma_1**2)), axis=(1, 2))
+  prior_B = position_sum(0.5 * ((alpha_1 * clean_BLD) ** 2 + sigma_1**2 - 1.0 - jnp.log(sigma_1**2)), target_BL)
+  mean_per_position = lambda values_B: jnp.mean(values_B) / length
+  if target_BL is not None:  # Per counted position, each row its own count.
+    length = jnp.maximum(jnp.sum(target_BL, axis=1), 1)
+    mean_per_position = lambda values_B: jnp.mean(values_B / length)
 
   bound_B = (prior_B + diffusion_B + reconstruction_B) / length
   loss = jnp.mean(bound_B)
-  metrics = {"loss": loss, "bound_per_position": loss, "prior": jnp.mean(prior_B) / length,
-             "diffusion": jnp.mean(diffusion_B) / length, "reconstruction": jnp.mean(reconstruction_B) / length,
+  metrics = {"loss": loss, "bound_per_position": loss, "prior": mean_per_position(prior_B),
+             "diffusion": mean_per_position(diffusion_B), "reconstruction": mean_per_position(reconstruction_B),
              "per_example/loss": diffusion_B / length, "per_example/t": t_B}
   # Variance path: only the schedule's interior sees this gradient (endpoints frozen, x̂0 fixed).
   interior_log_snr = lambda t: log_snr_fn(t, freeze_endpoints=True)

@@ -8,7 +8,7 @@ Example:
 import jax.numpy as jnp
 
 from diffusion_lm import flops, scoring
-from diffusion_lm.data.layout import BOS_ID
+from diffusion_lm.data.layout import BOS_ID, source_mask
 from diffusion_lm.decoding import AutoregressivePipeline
 from diffusion_lm.kinds.base import ModelKind
 from diffusion_lm.models import autoregressive
@@ -23,13 +23,17 @@ def init_variables(model, config, rng):
 
 
 def make_loss_fn(model, config):
-  """Next-token cross-entropy over non-PAD targets (EOS counted), a mean per counted token."""
+  """Next-token cross-entropy over non-PAD targets (EOS counted), a mean per counted token; a conditional
+  row counts its target only (the source, BOS included, is the prefix it is written after)."""
+  conditional = config.data.conditional
+
   def autoregressive_loss(params, tokens_BL, rng, train: bool, t_B=None):
     del t_B  # No diffusion time.
     use_dropout = train and config.model.dropout > 0
     logits_BLV = model.apply({"params": params}, tokens_BL, not use_dropout,
                              rngs={"dropout": rng} if use_dropout else {})
-    nll_BL, counted_BL = autoregressive.token_nll(logits_BLV, tokens_BL)
+    scored_BL = ~source_mask(tokens_BL) if conditional else None
+    nll_BL, counted_BL = autoregressive.token_nll(logits_BLV, tokens_BL, scored_BL=scored_BL)
     num_counted = jnp.maximum(jnp.sum(counted_BL), 1)
     loss = jnp.sum(nll_BL) / num_counted
     correct_BL = (jnp.argmax(logits_BLV, -1) == tokens_BL) & counted_BL
@@ -44,4 +48,4 @@ def make_pipeline(config, model, state, tokenizer, mesh, step):
 KIND = ModelKind(
     name="autoregressive", build_model=build_model, init_variables=init_variables, make_loss_fn=make_loss_fn,
     row_fn=scoring.autoregressive_row_fn, report=scoring.perplexity_report, make_pipeline=make_pipeline,
-    train_step_flops=flops.token_model_train_step_flops)
+    train_step_flops=flops.token_model_train_step_flops, conditional=True)

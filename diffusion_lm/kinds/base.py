@@ -54,6 +54,7 @@ class ModelKind:
     make_pipeline: (config, model, state, tokenizer, mesh, step) → the inference pipeline.
     train_step_flops: (config, vocab_size) → model FLOPs of one optimizer step.
     samples_while_training: whether the train loop writes samples at each evaluation.
+    conditional: whether it trains on (source, target) rows (`config.data.conditional`).
   """
   name: str
   build_model: Callable
@@ -67,3 +68,4 @@ class ModelKind:
   train_times: Callable = no_train_times
   update_extra_state: Callable[..., dict] = no_state_update
   samples_while_training: bool = False
+  conditional: bool = False

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from diffusion_lm import flops, scoring
 from diffusion_lm.diffusion import objectives, time_warping
-from diffusion_lm.diffusion.model_fns import bind_denoiser
+from diffusion_lm.data.layout import source_mask
+from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
 from diffusion_lm.diffusion_pipeline import Pipeline
 from diffusion_lm.kinds.base import ModelKind
 from diffusion_lm.models.denoiser import Denoiser, denoiser_from_config
@@ -28,15 +29,21 @@ def init_variables(model, config, rng):
 
 
 def make_loss_fn(model, config):
-  """The objective `config.diffusion.objective` names, on the bound denoiser."""
+  """The objective `config.diffusion.objective` names, on the bound denoiser; a conditional row's
+  source is shown clean and only its target is noised and counted (DiffuSeq's partial noising)."""
   objective = objectives.get_objective(config.diffusion.objective)
+  conditional = config.data.conditional
 
   def diffusion_loss(params, tokens_BL, rng, train: bool, t_B=None):
     noise_rng, dropout_rng = jax.random.split(rng)
     use_dropout = train and config.model.dropout > 0
     fns = bind_denoiser(model, params, dropout_rng if use_dropout else None)
+    target_BL = None
+    if conditional:
+      source_BL = source_mask(tokens_BL)
+      fns, target_BL = with_clean_positions(fns, tokens_BL, source_BL), ~source_BL
     return objective(fns, tokens_BL, noise_rng, fns.log_snr, config.diffusion.num_timesteps,
-                     config.diffusion.self_cond_rate, t_B)
+                     config.diffusion.self_cond_rate, t_B, target_BL)
   return diffusion_loss
 
 
@@ -84,4 +91,4 @@ KIND = ModelKind(
     name="diffusion", build_model=build_model, init_variables=init_variables, make_loss_fn=make_loss_fn,
     row_fn=scoring.likelihood_row_fn, report=scoring.bound_report, make_pipeline=make_pipeline,
     train_step_flops=train_step_flops, init_extra_state=init_extra_state, train_times=train_times,
-    update_extra_state=update_extra_state, samples_while_training=True)
+    update_extra_state=update_extra_state, samples_while_training=True, conditional=True)

@@ -75,14 +75,19 @@ class AutoregressiveLM(nn.Module):
     return self.output_head(hidden_BLD).astype(jnp.float32)
 
 
-def token_nll(logits_BLV: jax.Array, tokens_BL: jax.Array, pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+def token_nll(logits_BLV: jax.Array, tokens_BL: jax.Array, pad_id: int = 0,
+              scored_BL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """(−log p(w_i | w_<i) [B, L] with padding zeroed, counted-token mask [B, L]); EOS is counted.
+
+  `scored_BL` limits the count further (a conditional row's target: its source is context only).
 
   Example:
     >>> nll_BL, counted_BL = token_nll(model.apply(variables, tokens), tokens)
     >>> perplexity = jnp.exp(nll_BL.sum() / counted_BL.sum())
   """
   counted_BL = tokens_BL != pad_id
+  if scored_BL is not None:
+    counted_BL = counted_BL & scored_BL
   nll_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
   return jnp.where(counted_BL, nll_BL, 0.0), counted_BL
 
