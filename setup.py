@@ -22,6 +22,7 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "tqdm",
+        "sacrebleu>=2.4",  # BLEU and chrF (data-to-text, infilling, MBR): the standard implementation.
         "tensorboardX>=2.6",
         "protobuf",  # Reads the SentencePiece model type.
         "importlib_resources",  # tfds imports it for builders defined outside tfds.

@@ -226,7 +226,8 @@ class Pipeline:
 
     The hybrid pipeline: an AR model drafts fast, the diffusion model rewrites the whole text
     in parallel. Strength 0 returns the drafts; 1 ignores them (a fresh `generate`). `steps` is
-    for a full run and scales with the strength, as in `edit`.
+    for a full run and scales with the strength, as in `edit`. A draft longer than the room after
+    its source is cut (its EOS kept), as training rows are.
 
     Example:
       >>> drafts = ar_pipe.generate(mrs)
@@ -241,11 +242,8 @@ class Pipeline:
       if not isinstance(draft, str):
         raise control.ControlError(f"draft {index + 1} must be a string, not {type(draft).__name__}")
       ids = control.encode_words(self.tokenizer, draft, f"draft {index + 1}")
-      room = plan.seq_len - plan.start
-      if len(ids) > room - 1:
-        raise control.TemplateError(f"draft {index + 1} has {len(ids)} tokens but {room - 1} fit after its source")
       row_L = plan.tokens_L.copy()
-      row_L[plan.start:] = layout_row(ids, room)
+      row_L[plan.start:] = layout_row(ids, plan.seq_len - plan.start)  # A draft that never ended is cut, EOS kept.
       draft_rows.append(row_L)
     if strength == 0.0:
       return [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(plans, draft_rows)]

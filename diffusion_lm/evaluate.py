@@ -12,6 +12,11 @@ Tokens counted: every non-PAD position of the encoded rows, EOS included; the di
 numerator also includes what the model pays for the PAD positions it generates (see
 likelihood.py), so both kinds divide the probability of the same sentences by the same count.
 
+`--generate` (conditional workdirs) writes one output per source of the split and scores them
+against all of that source's references: BLEU (sacrebleu) and chrF, and for E2E the slot error rate
+next to the human references'; `--draft_workdir=AR_DIR [--strength=s]` scores AR drafts, or their
+refinement by this workdir. Written to `WORKDIR/eval/generate_<split>[...].json` and `.txt`.
+
 `--samples=FILE --judge_workdir=AR_DIR` scores generated text instead: the judge's perplexity
 (generative perplexity) and distinct-n, next to the same figures on as many real validation
 sentences (drawn with --seed), the reference the sample figures are read against. Written to
@@ -26,6 +31,8 @@ Examples:
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e --split=test --num_t_samples=8
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_ar --split=test
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e --text_file=my_sentences.txt
+  python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --steps=200
+  python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --draft_workdir=/tmp/e2e_cond_ar --strength=0.3
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e --samples=/tmp/e2e/samples.txt \
       --judge_workdir=/tmp/e2e_ar
 """
@@ -37,14 +44,20 @@ from absl import flags
 from diffusion_lm import cli, parallel
 from diffusion_lm.diffusion import likelihood
 from diffusion_lm.errors import UserError
-from diffusion_lm.evaluation import evaluate, evaluate_samples, format_report
+from diffusion_lm.evaluation import evaluate, evaluate_generation, evaluate_samples, format_report
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  if FLAGS.samples:
+  if FLAGS.generate:
+    if FLAGS.strength is not None and not FLAGS.draft_workdir:
+      raise UserError("--strength refines AR drafts: give --draft_workdir=AR_WORKDIR too")
+    report = evaluate_generation(FLAGS.workdir, FLAGS.split, FLAGS.steps, FLAGS.seed, FLAGS.max_sequences,
+                                 FLAGS.draft_workdir, FLAGS.strength)
+    name = report["settings"]["report_name"]
+  elif FLAGS.samples:
     if not FLAGS.judge_workdir:
       raise UserError("--samples needs --judge_workdir=DIR, an autoregressive workdir (configs/e2e_ar.py)")
     report = evaluate_samples(FLAGS.workdir, FLAGS.samples, FLAGS.judge_workdir, FLAGS.seed, FLAGS.batch_size)
@@ -80,6 +93,12 @@ def run():
   flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
   flags.DEFINE_string("samples", None, "Score these generated samples (one per line) with --judge_workdir.")
   flags.DEFINE_string("judge_workdir", None, "An autoregressive workdir that judges --samples.")
+  flags.DEFINE_bool("generate", False, "Conditional workdirs: write one output per source of --split and score "
+                    "BLEU, chrF and (E2E) the slot error rate against all its references.")
+  flags.DEFINE_integer("steps", None, "With --generate: sampling steps (default: the config's sample.steps).")
+  flags.DEFINE_string("draft_workdir", None, "With --generate: a conditional AR workdir that drafts; with "
+                      "--strength this workdir refines the drafts, without it the drafts are scored.")
+  flags.DEFINE_float("strength", None, "With --draft_workdir: refine strength in [0, 1].")
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)
 

@@ -17,10 +17,12 @@ import time
 import jax
 import numpy as np
 
-from diffusion_lm import kinds, parallel, scoring, workdir as workdir_lib
+from diffusion_lm import checkpoint, kinds, parallel, pipeline, scoring, text_metrics, workdir as workdir_lib
 from diffusion_lm.data import datasets
+from diffusion_lm.data.layout import split_pair
 from diffusion_lm.diffusion import likelihood
 from diffusion_lm.errors import UserError
+from diffusion_lm.semantic_classifier import parse_mr
 
 TOKENS_COUNTED = ("non-PAD positions of the encoded rows, EOS included; for the diffusion bound the "
                   "numerator sums over all positions, PAD included (the model generates the padding)")
@@ -157,8 +159,111 @@ def evaluate_samples(workdir: str, samples_file: str, judge_workdir: str, seed: 
   return report
 
 
+def grouped_references(texts: list[str]) -> dict[str, list[str]]:
+  """{source: [its targets]} in first-seen order, from `source<TAB>target` texts (E2E: ~7 references per MR).
+
+  Example:
+    >>> grouped_references(["a\tA one.", "a\tThe a.", "b\tB."])
+    {'a': ['A one.', 'The a.'], 'b': ['B.']}
+  """
+  groups: dict[str, list[str]] = {}
+  for text in texts:
+    source, target = split_pair(text)
+    groups.setdefault(source, []).append(target)
+  return groups
+
+
+def load_drafter(workdir: str, draft_workdir: str):
+  """The autoregressive pipeline of `draft_workdir`, which must share `workdir`'s tokenizer."""
+  drafter = pipeline.load(draft_workdir)
+  if not isinstance(drafter, pipeline.AutoregressivePipeline) or not drafter.config.data.conditional:
+    raise UserError(f"--draft_workdir={draft_workdir} must hold a conditional autoregressive model "
+                    "(configs/e2e_cond_ar.py)")
+  mine = os.path.join(workdir, workdir_lib.TOKENIZER_FILE)
+  if checkpoint.file_sha256(drafter.tokenizer.model_file) != checkpoint.file_sha256(mine):
+    raise UserError(f"--draft_workdir={draft_workdir} has another tokenizer than {workdir}; train both on the same "
+                    f"data and vocabulary (copy {mine} into the draft workdir before training it)")
+  return drafter
+
+
+def evaluate_generation(workdir: str, split: str = "test", steps: int | None = None, seed: int = 0,
+                        max_sources: int = 0, draft_workdir: str | None = None, strength: float | None = None,
+                        write: bool = True) -> dict:
+  """Data-to-text quality of a conditional workdir: one output per source of `split`, scored against
+  all of that source's references.
+
+  Figures: corpus BLEU (sacrebleu, lower-cased, 13a tokens, all references of each source) and chrF;
+  for E2E the slot error rate (text_metrics.slot_errors: MR values missing or added) of the outputs
+  and, as the checker's floor, of each source's first human reference; seconds per source. With
+  `draft_workdir` (a conditional AR workdir) the AR model drafts and this one refines each draft at
+  `strength` (strength None: the drafts themselves are scored). Outputs go to
+  WORKDIR/eval/generate_<name>.txt, the report to WORKDIR/eval/generate_<name>.json.
+
+  Example:
+    >>> report = evaluate_generation("/tmp/e2e_cond", split="test", steps=200)
+    >>> report["bleu"], report["slot_error_rate"]
+  """
+  if max_sources < 0:
+    raise UserError("--max_sequences must be >= 0")
+  pipe = pipeline.load(workdir)
+  config = pipe.config
+  if not config.data.conditional:
+    raise UserError(f"--generate needs a conditional workdir (data.conditional=True, e.g. configs/e2e_cond.py); "
+                    f"{workdir} was trained without sources")
+  if write:
+    check_report_directory(workdir)
+  groups = grouped_references(datasets.load_texts(config.data, split))
+  sources = list(groups)[:max_sources or None]
+  references = [groups[source] for source in sources]
+  started = time.perf_counter()
+  name = f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
+                                "_drafts" if draft_workdir else "")
+  if draft_workdir:
+    if strength is not None and not hasattr(pipe, "refine"):
+      raise UserError(f"--strength refines with a diffusion model; {workdir} holds a {config.model.kind} model")
+    drafter = load_drafter(workdir, draft_workdir)
+    outputs = drafter.generate(sources, seed=seed)
+    if strength is not None:
+      outputs = pipe.refine(outputs, sources, strength, steps, seed)
+  else:
+    outputs = pipe.generate(sources, steps=steps, seed=seed)
+  seconds = time.perf_counter() - started
+  report = {"bleu": 100 * text_metrics.corpus_bleu(outputs, references),
+            "chrf": text_metrics.corpus_chrf(outputs, references),
+            "seconds_per_source": seconds / len(sources), "num_sources": len(sources),
+            "num_references": sum(map(len, references)), "checkpoint_step": int(pipe.step),
+            "model_kind": config.model.kind,
+            "bleu_scorer": "sacrebleu corpus BLEU, lower-cased, 13a tokenization, all references of each source "
+                           "(the E2E challenge's script also lower-cases and uses mteval-v13a tokens; it may differ in "
+                           "detail, so compare with the published figures as an approximation)"}
+  if config.data.name == "e2e":
+    mrs = [parse_mr(source) for source in sources]
+    report |= text_metrics.slot_error_rate(mrs, outputs)
+    report["human_slot_error_rate"] = text_metrics.slot_error_rate(mrs, [refs[0] for refs in references])[
+        "slot_error_rate"]
+  report["settings"] = {
+      "workdir": os.path.abspath(workdir), "split": split, "steps": steps or config.sample.steps, "seed": seed,
+      "sampler": config.sample.sampler, "draft_workdir": draft_workdir and os.path.abspath(draft_workdir),
+      "strength": strength, "max_sources": max_sources, "report_name": name, "num_devices": jax.device_count(),
+      "platform": jax.default_backend(), "jax_version": jax.__version__,
+      "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+  if write:
+    workdir_lib.write_report(workdir, name, report)
+    if parallel.is_chief():
+      with open(os.path.join(workdir, "eval", f"{name}.txt"), "w") as f:
+        f.write("".join(f"{source}\t{output}\n" for source, output in zip(sources, outputs)))
+  return report
+
+
 def format_report(report: dict) -> str:
   """One human-readable line per figure."""
+  if "bleu" in report:
+    line = (f"{report['num_sources']} sources: BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}, "
+            f"{report['seconds_per_source']:.3f} s per source")
+    if "slot_error_rate" in report:
+      line += (f"; slot error rate {100 * report['slot_error_rate']:.2f}% (missing {100 * report['missing_rate']:.2f}%, "
+               f"added {100 * report['added_rate']:.2f}%; human references {100 * report['human_slot_error_rate']:.2f}%)")
+    return line
   if "samples" in report:
     lines = []
     for name in ("samples", "reference"):

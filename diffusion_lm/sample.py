@@ -7,13 +7,18 @@ Example:
   python -m diffusion_lm.sample --workdir=/tmp/e2e --edit="The Eagle are a cheap pub." --strength=0.4
   python -m diffusion_lm.sample --workdir=/tmp/e2e --length=12 --control=food=Italian --mbr=4
   python -m diffusion_lm.sample --workdir=/tmp/e2e --control=priceRange=cheap --best_of=4
+  python -m diffusion_lm.sample --workdir=/tmp/e2e_cond --source="name[The Eagle], eatType[pub], food[French]"
+  python -m diffusion_lm.sample --workdir=/tmp/e2e_cond --source_file=mrs.txt --output=out.txt
+  python -m diffusion_lm.sample --workdir=/tmp/e2e_cond --source_file=mrs.txt --draft_workdir=/tmp/e2e_cond_ar \
+      --strength=0.3
 """
 
 import os
 
 from absl import flags
 
-from diffusion_lm import cli, control, pipeline, workdir as workdir_lib
+from diffusion_lm import cli, control, evaluation, pipeline, workdir as workdir_lib
+from diffusion_lm.data import datasets
 from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.diffusion import samplers
 from diffusion_lm.errors import UserError
@@ -32,6 +37,9 @@ def main(argv):
     raise UserError("--edit cannot be combined with --infill/--prefix/--suffix/--anchor; use --keep")
   if FLAGS.output:
     workdir_lib.check_output_file(FLAGS.output, "--output")  # Before the work, not after it.
+  sources = read_sources()
+  if FLAGS.draft_workdir and sources is None:
+    raise UserError("--draft_workdir drafts targets for sources: give --source or --source_file")
   pipe = pipeline.load(FLAGS.workdir, FLAGS.step)
   args = (FLAGS.num_samples, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp)
   ar_options = {}  # Autoregressive workdirs: KV-cached decoding (diffusion_lm/decoding.py).
@@ -46,7 +54,29 @@ def main(argv):
   guidance = None
   if FLAGS.control:
     guidance = pipe.guidance(FLAGS.control, FLAGS.guidance_weight, FLAGS.guidance_step_size, FLAGS.guidance_steps)
-  if FLAGS.edit is not None:
+  if sources is not None:
+    if FLAGS.edit is not None or FLAGS.control:
+      raise UserError("--source cannot be combined with --edit or --control (the source is the control); use "
+                      "--draft_workdir with --strength to revise drafts")
+    per_source = FLAGS.num_samples if FLAGS["num_samples"].present else 1
+    if FLAGS.draft_workdir:
+      if FLAGS.strength is not None and not isinstance(pipe, pipeline.Pipeline):
+        raise UserError("--draft_workdir with --strength refines with a diffusion model; --workdir holds "
+                        f"a {pipe.config.model.kind} model")
+      drafter = evaluation.load_drafter(FLAGS.workdir, FLAGS.draft_workdir)
+      lines = drafter.generate([s for s in sources for _ in range(per_source)], seed=FLAGS.seed, **ar_options)
+      if FLAGS.strength is not None:
+        lines = pipe.refine(lines, [s for s in sources for _ in range(per_source)], FLAGS.strength, FLAGS.steps,
+                            FLAGS.seed, FLAGS.sampler, FLAGS.clamp, mbr=FLAGS.mbr)
+    else:
+      target_controls = {"template": FLAGS.infill, "prefix": FLAGS.prefix, "suffix": FLAGS.suffix,
+                         "anchors": control.parse_anchor_specs(FLAGS.anchor), "length": FLAGS.length}
+      target_controls = {name: value for name, value in target_controls.items() if value}
+      if isinstance(pipe, pipeline.Pipeline):
+        target_controls["mbr"] = FLAGS.mbr
+      lines = pipe.generate(sources, per_source, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp,
+                            **target_controls, **ar_options)
+  elif FLAGS.edit is not None:
     keep = [int(k) if k.isdigit() else k for k in FLAGS.keep]
     lines = pipe.edit(FLAGS.edit, FLAGS.strength, *args, keep=keep, guidance=guidance, mbr=FLAGS.mbr,
                       best_of=FLAGS.best_of)
@@ -62,6 +92,20 @@ def main(argv):
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     with open(FLAGS.output, "w") as f:
       f.write("\n".join(lines) + "\n")
+
+
+def read_sources() -> list[str] | None:
+  """--source, or the non-blank lines of --source_file, or None (an unconditional sample)."""
+  if FLAGS.source is not None and FLAGS.source_file:
+    raise UserError("give --source or --source_file, not both")
+  if FLAGS.source_file:
+    if not os.path.isfile(FLAGS.source_file):
+      raise UserError(f"--source_file={FLAGS.source_file} does not exist; give a UTF-8 file with one source per line")
+    sources = list(datasets.read_text_lines(FLAGS.source_file))
+    if not sources:
+      raise UserError(f"--source_file={FLAGS.source_file} has no non-blank lines; give one source per line")
+    return sources
+  return None if FLAGS.source is None else [FLAGS.source]
 
 
 def run():
@@ -94,6 +138,12 @@ def run():
   flags.DEFINE_integer("mbr", None, "Draw N candidates per sample and print the minimum-Bayes-risk one.")
   flags.DEFINE_integer("best_of", None, "With --control: draw N guided candidates per sample and print the "
                        "one the classifier rates highest on its finished text.")
+  # Conditional workdirs (data.conditional): the source in, the target out.
+  flags.DEFINE_string("source", None, "A conditional workdir's source, e.g. an E2E MR \"name[The Eagle], food[French]\"; "
+                      "--num_samples outputs (default 1).")
+  flags.DEFINE_string("source_file", None, "One source per line; --num_samples outputs each (default 1), in order.")
+  flags.DEFINE_string("draft_workdir", None, "A conditional AR workdir drafts each output; with --strength this "
+                      "(diffusion) workdir refines the drafts.")
   flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1); "
                      "diffusion workdirs: score temperature (default: the config's sample.temperature).")
   flags.mark_flags_as_required(["workdir"])

@@ -1,0 +1,311 @@
+"""Conditional generation (source given, target generated): rows, losses, sampling, metrics, binaries.
+
+The trained checks use a copy task a tiny model learns in seconds: the source is one of 30 names,
+the target "NAME is here ." — an unconditional model can only guess the name (log 30 nats), a
+conditional one reads it from the clean source.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sacrebleu
+
+from conftest import REPO_ROOT, tiny_config
+
+from diffusion_lm.data import layout
+
+NAMES = [f"name{i}" for i in range(30)]
+TARGET = "{} is here ."
+
+
+@pytest.fixture(scope="module")
+def copy_corpus(tmp_path_factory):
+  """source<TAB>target files, and the same targets alone (for the unconditional model)."""
+  directory = tmp_path_factory.mktemp("copy")
+  rng = np.random.default_rng(0)
+  paths = {}
+  for split, count in (("train", 2000), ("validation", 200), ("test", 200)):
+    names = [NAMES[i] for i in rng.integers(0, len(NAMES), count)]
+    for kind, lines in (("pairs", [f"{n}\t{TARGET.format(n)}" for n in names]),
+                        ("targets", [TARGET.format(n) for n in names])):
+      paths[kind, split] = str(directory / f"{kind}.{split}.txt")
+      with open(paths[kind, split], "w") as f:
+        f.write("\n".join(lines) + "\n")
+  return paths
+
+
+def copy_config(paths, kind: str, conditional: bool, steps: int = 300, **overrides):
+  corpus = "pairs" if conditional else "targets"
+  return tiny_config(**{
+      "data.name": "text_files", "data.train_files": paths[corpus, "train"],
+      "data.validation_files": paths[corpus, "validation"], "data.test_files": paths[corpus, "test"],
+      "data.conditional": conditional, "data.vocab_size": 64, "model.kind": kind, "train.num_steps": steps,
+      # The same target positions for both: a conditional row spends two on the source and its BOS.
+      "data.seq_len": 12 if conditional else 10, "diffusion.objective": "cdcd",
+      "model.parameterization": "categorical", "model.normalize_embeddings": True,
+      "train.batch_size": 32, "train.learning_rate": 3e-3, "train.warmup_steps": 20, "train.eval_every": steps,
+      "train.checkpoint_every": steps, "train.log_every": steps, "train.num_samples": 2, **overrides})
+
+
+@pytest.fixture(scope="module")
+def workdirs(copy_corpus, tmp_path_factory):
+  from diffusion_lm.train import train
+  made = {}
+  for name, kind, conditional in (("conditional", "diffusion", True), ("unconditional", "diffusion", False),
+                                  ("ar", "autoregressive", True)):
+    made[name] = str(tmp_path_factory.mktemp(name))
+    train(copy_config(copy_corpus, kind, conditional), made[name])
+  return made
+
+
+# ---------------------------------------------------------------------------------------------
+# The row layout and the clean source
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pair_rows_and_source_mask():
+  row = layout.layout_pair([40, 41], [7, 33, 9], seq_len=8)
+  np.testing.assert_array_equal(row, [40, 41, layout.BOS_ID, 7, 33, 9, layout.EOS_ID, 0])
+  np.testing.assert_array_equal(layout.source_mask(row[None])[0], [1, 1, 1, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(layout.drop_source(row), [layout.BOS_ID, 7, 33, 9, layout.EOS_ID, 0, 0, 0])
+  assert not layout.source_mask(layout.layout_row([7, 33], 6)[None]).any()  # No BOS: no source.
+  cut = layout.layout_pair([40], [7] * 20, seq_len=6)  # A long target is cut and keeps its EOS.
+  np.testing.assert_array_equal(cut, [40, layout.BOS_ID, 7, 7, 7, layout.EOS_ID])
+  with pytest.raises(ValueError, match="no room"):
+    layout.layout_pair([40] * 4, [7], seq_len=6)
+
+
+def test_the_denoiser_never_sees_noise_at_source_positions():
+  """Training and the bound noise every position; the network's input holds E[w] at the source."""
+  from diffusion_lm.diffusion import objectives, schedules
+  from diffusion_lm.diffusion.model_fns import DenoiserFns, with_clean_positions
+  table_VD = jax.random.normal(jax.random.key(0), (50, 4))
+  seen = []
+
+  def denoise(noisy_BLD, t_B, self_cond=None):
+    seen.append(noisy_BLD)
+    logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
+    return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD
+  fns = DenoiserFns(embed=lambda tokens: table_VD[tokens], denoise=denoise, round_logits=None,
+                    embedding_table=table_VD, categorical=True)
+  tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11, 12], [20, 21], 10)] * 4))
+  source_BL = layout.source_mask(tokens_BL)
+  conditioned = with_clean_positions(fns, tokens_BL, source_BL)
+  t_B = jnp.array([0.2, 0.5, 0.9, 1.0])  # Up to pure noise.
+  objectives.cdcd_loss(conditioned, tokens_BL, jax.random.key(1), schedules.get_schedule("cosine"), 0, t_B=t_B,
+                       target_BL=~source_BL)
+  noisy_BLD = seen[-1]
+  np.testing.assert_array_equal(noisy_BLD[source_BL], table_VD[tokens_BL][source_BL])
+  assert not np.allclose(noisy_BLD[~source_BL], table_VD[tokens_BL][~source_BL], atol=0.1)
+
+
+def test_loss_counts_only_the_target():
+  """Changing what the network says at source positions does not move the conditional loss."""
+  from diffusion_lm.diffusion import objectives, schedules
+  from diffusion_lm.diffusion.model_fns import DenoiserFns
+  table_VD = jax.random.normal(jax.random.key(0), (50, 4))
+  tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11], [20, 21], 8)] * 2))
+  source_BL = layout.source_mask(tokens_BL)
+
+  def fns_with(source_logit):
+    def denoise(noisy_BLD, t_B, self_cond=None):
+      logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
+      logits_BLV = jnp.where(source_BL[..., None], source_logit, logits_BLV)
+      return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD
+    return DenoiserFns(embed=lambda tokens: table_VD[tokens], denoise=denoise, round_logits=None,
+                       embedding_table=table_VD, categorical=True)
+  loss = lambda fns, target: objectives.cdcd_loss(fns, tokens_BL, jax.random.key(3), schedules.get_schedule("cosine"),
+                                                  0, target_BL=target)[0]
+  assert float(loss(fns_with(0.0), ~source_BL)) == float(loss(fns_with(5.0), ~source_BL))
+  assert float(loss(fns_with(0.0), None)) != float(loss(fns_with(5.0), None))
+
+
+# ---------------------------------------------------------------------------------------------
+# Trained on the copy task
+# ---------------------------------------------------------------------------------------------
+
+
+def mean_loss(workdir, config, rows, kind_name="diffusion", keys=8):
+  from diffusion_lm import kinds, workdir as workdir_lib
+  loaded = workdir_lib.load_checkpoint(workdir)
+  loss_fn = jax.jit(kinds.get(kind_name).make_loss_fn(loaded.model, config), static_argnums=3)
+  return np.mean([float(loss_fn(loaded.params, rows, jax.random.key(k), False)[0]) for k in range(keys)])
+
+
+def test_the_conditional_loss_drops_below_the_unconditional_one_on_the_same_targets(copy_corpus, workdirs):
+  from diffusion_lm import workdir as workdir_lib
+  from diffusion_lm.data import batching, datasets
+  losses = {}
+  for name, conditional in (("conditional", True), ("unconditional", False)):
+    config = copy_config(copy_corpus, "diffusion", conditional)
+    tokenizer = workdir_lib.load_checkpoint(workdirs[name]).tokenizer
+    rows = batching.encode_corpus(datasets.load_texts(config.data, "validation")[:64], tokenizer,
+                                  config.data.seq_len, "pad", conditional)
+    losses[name] = mean_loss(workdirs[name], config, rows)
+  # Both average the cross-entropy over the same 10 target positions and times; where the noise hides
+  # the name, the unconditional model must guess one of 30, the conditional one copies it (measured:
+  # 0.15 vs 0.24 nats).
+  assert losses["conditional"] < 0.75 * losses["unconditional"], losses
+
+
+def test_generated_targets_copy_the_source_and_keep_it_unchanged(workdirs):
+  import diffusion_lm
+  from diffusion_lm import control
+  pipe = diffusion_lm.load(workdirs["conditional"])
+  outputs = pipe.generate(NAMES, steps=20)
+  # A 300-step tiny model copies the name a third of the time or more (chance: 1 in 30), always in the target's form.
+  assert sum(output == TARGET.format(name) for name, output in zip(NAMES, outputs)) >= 10, outputs
+  assert all(output.endswith(" is here .") for output in outputs), outputs
+  plan = control.conditional_plan(pipe.tokenizer, pipe.config.data.seq_len, "name3")
+  rows = pipe.sample_tokens(4, 10, 0, anchor_tokens=np.stack([plan.tokens_L] * 4),
+                            anchor_mask=np.stack([plan.mask_L] * 4), anchor_words_only=np.stack([plan.words_only_L] * 4))
+  np.testing.assert_array_equal(rows[:, :plan.start], np.stack([plan.tokens_L[:plan.start]] * 4))
+  # Target controls count from the target's first token.
+  assert all(text.split()[1] == "is" and len(text.split()) == 4
+             for text in pipe.generate(["name5"], num_samples=2, steps=10, anchors={1: "is"}, length=4))
+  # Refining wrong drafts at full strength writes for the source, as `generate` does; at 0 returns the drafts.
+  drafts = [TARGET.format(NAMES[(i + 1) % 30]) for i in range(30)]
+  assert pipe.refine(drafts[:2], NAMES[:2], 0.0) == drafts[:2]
+  refined = pipe.refine(drafts, NAMES, 1.0, steps=20)
+  assert sum(output == TARGET.format(name) for name, output in zip(NAMES, refined)) >= 10, refined
+
+
+def test_the_ar_twin_counts_only_target_tokens_and_continues_the_source(copy_corpus, workdirs):
+  import diffusion_lm
+  from diffusion_lm import kinds, scoring, workdir as workdir_lib
+  from diffusion_lm.models import autoregressive
+  config = copy_config(copy_corpus, "autoregressive", True)
+  loaded = workdir_lib.load_checkpoint(workdirs["ar"])
+  rows = jnp.asarray(np.stack([layout.layout_pair(loaded.tokenizer.encode("name4"),
+                                                  loaded.tokenizer.encode("name4 is here ."), 12)] * 2))
+  logits = loaded.model.apply({"params": loaded.params}, rows)
+  nll_BL, _ = autoregressive.token_nll(logits, rows)
+  target_BL = ~layout.source_mask(rows) & (rows != 0)
+  expected = float(jnp.sum(jnp.where(target_BL, nll_BL, 0)) / jnp.sum(target_BL))
+  loss, _ = kinds.get("autoregressive").make_loss_fn(loaded.model, config)(loaded.params, rows, None, False)
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+  per_row = scoring.autoregressive_row_fn(loaded.model, config)(loaded.params, rows, None)
+  assert per_row["num_tokens"].tolist() == [5.0, 5.0]  # name4 is here . EOS: not the source, not its BOS.
+  outputs = diffusion_lm.load(workdirs["ar"]).generate(NAMES)
+  assert sum(output == TARGET.format(name) for name, output in zip(NAMES, outputs)) >= 10, outputs
+
+
+def test_eval_binary_scores_the_target_given_the_source(workdirs):
+  from diffusion_lm import evaluate
+  quiet = lambda workdir: evaluate.evaluate(workdir, write=False, progress=False, max_sequences=64, batch_size=32)
+  ar, bound = quiet(workdirs["ar"]), quiet(workdirs["conditional"])
+  assert ar["num_tokens"] == bound["num_tokens"] == 64 * 5  # The same target tokens for both kinds.
+  assert bound["nll_nats_per_token"] > ar["nll_nats_per_token"] - 3 * bound["stderr"]
+  report = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False)
+  assert report["num_sources"] <= 16 and report["bleu"] > 50, report
+
+
+def test_two_devices_give_the_same_outputs_and_bound_as_one(workdirs):
+  script = ("import json, sys, diffusion_lm; from diffusion_lm import evaluate; import jax\n"
+            "assert jax.device_count() == 2\n"
+            "pipe = diffusion_lm.load(sys.argv[1])\n"
+            "out = pipe.generate([f'name{i}' for i in range(6)], steps=10, seed=3)\n"
+            "bound = evaluate.evaluate(sys.argv[1], write=False, progress=False, max_sequences=32, batch_size=32)\n"
+            "print(json.dumps({'out': out, 'nll': bound['nll_nats_per_token']}))\n")
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  run = subprocess.run([sys.executable, "-c", script, workdirs["conditional"]], env=env, cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  two = json.loads(run.stdout.strip().splitlines()[-1])
+  import diffusion_lm
+  from diffusion_lm import evaluate
+  one_out = diffusion_lm.load(workdirs["conditional"]).generate([f"name{i}" for i in range(6)], steps=10, seed=3)
+  one_bound = evaluate.evaluate(workdirs["conditional"], write=False, progress=False, max_sequences=32, batch_size=32)
+  assert two["out"] == one_out
+  assert two["nll"] == pytest.approx(one_bound["nll_nats_per_token"], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bleu_and_chrf_are_sacrebleus_with_any_number_of_references():
+  from diffusion_lm import text_metrics
+  # By hand: every n-gram matches, brevity penalty exp(1 − 6/5) for a 5-word hypothesis, 6-word reference.
+  assert text_metrics.corpus_bleu(["a b c d e"], [["a b c d e f"]]) == pytest.approx(np.exp(1 - 6 / 5))
+  hypotheses = ["The Eagle is a pub near the river.", "A cheap cafe", "Zizzi serves Italian food in the centre ."]
+  references = [["The Eagle is a riverside pub.", "The Eagle pub is by the river."], ["A cheap coffee shop."],
+                ["Zizzi serves Italian food .", "In the city centre Zizzi serves Italian food.", "Zizzi: Italian."]]
+  streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(3)]
+  expected = sacrebleu.corpus_bleu([h.lower() for h in hypotheses], [[r and r.lower() for r in s] for s in streams])
+  assert 100 * text_metrics.corpus_bleu(hypotheses, references) == pytest.approx(expected.score)
+  assert text_metrics.corpus_chrf(hypotheses, references) == pytest.approx(sacrebleu.corpus_chrf(hypotheses, streams).score)
+
+
+def test_slot_errors_count_missing_and_added_values():
+  from diffusion_lm import text_metrics
+  mr = {"name": "The Eagle", "eatType": "coffee shop", "food": "French", "priceRange": "cheap",
+        "familyFriendly": "no", "near": "Burger King"}
+  good = "The Eagle is a cheap coffee shop near Burger King serving French food . It is not family friendly ."
+  assert text_metrics.slot_errors(mr, good, ["Zizzi"]) == {"slots": 6, "missing": 0, "added": 0}
+  bad = "The Eagle is a coffee shop near Zizzi serving Italian food in the riverside area ."
+  errors = text_metrics.slot_errors(mr, bad, ["Zizzi", "Burger King"])
+  # Missing: French, cheap, not family friendly, Burger King; added: Zizzi, Italian, riverside.
+  assert errors == {"slots": 6, "missing": 4, "added": 3}
+  # Over a corpus the known names are those of its MRs: Zizzi is not one here, so 4 + 2 errors in 12 slots.
+  assert text_metrics.slot_error_rate([mr, mr], [good, bad])["slot_error_rate"] == pytest.approx(6 / 12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2
+# ---------------------------------------------------------------------------------------------
+
+
+def run_binary(module, *args):
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+  return subprocess.run([sys.executable, "-m", f"diffusion_lm.{module}", *args], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *phrases):
+  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+  assert "Traceback" not in result.stderr
+  for phrase in phrases:
+    assert phrase in result.stderr, result.stderr[-2000:]
+
+
+def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpus, workdirs, tmp_path):
+  sources = tmp_path / "sources.txt"
+  sources.write_text("name1\nname2\n\nname3\n")
+  output = tmp_path / "out.txt"
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", f"--source_file={sources}",
+                      f"--output={output}", "--steps=20")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert len(output.read_text().splitlines()) == 3
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=" + " ".join(["name1"] * 12))
+  assert_one_line_error(result, "leaves no room for a target", "seq_len=12")
+  result = run_binary("sample", f"--workdir={workdirs['unconditional']}", "--source=name1")
+  assert_one_line_error(result, "trained without sources")
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--num_samples=2")
+  assert_one_line_error(result, "give --source", "source_dropout")
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
+                      f"--draft_workdir={workdirs['ar']}", "--strength=0.5", "--steps=10")
+  assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+  other = str(tmp_path / "other_ar")  # Another vocabulary: another tokenizer.
+  from diffusion_lm.train import train
+  train(copy_config(copy_corpus, "autoregressive", True, steps=2, **{"data.vocab_size": 20}), other)
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
+                      f"--draft_workdir={other}", "--strength=0.5")
+  assert_one_line_error(result, "another tokenizer")
+
+
+def test_a_pair_file_without_a_tab_is_one_line(copy_corpus, tmp_path):
+  broken = tmp_path / "broken.txt"
+  broken.write_text("name1\tname1 is here .\nname2 is here .\n")
+  result = run_binary("train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}",
+                      "--config.data.name=text_files", f"--config.data.train_files={broken}",
+                      f"--config.data.validation_files={broken}", "--config.data.conditional=True")
+  assert_one_line_error(result, "line 2", "no tab")
