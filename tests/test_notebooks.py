@@ -3,7 +3,8 @@
 The notebooks are executed with nbclient the way papermill does it: a cell of tiny parameters is
 injected right after the cell tagged "parameters", so the stored notebooks stay as a user sees
 them. `explore_samples` trains the tiny config into a fresh workdir (its no-workdir path);
-`controllable_generation` then loads that workdir and trains a tiny classifier next to it.
+`controllable_generation` then loads that workdir and trains a tiny classifier next to it;
+`data_to_text` trains tiny conditional twins (diffusion and AR) of its own.
 
 The checks of `Pipeline.trajectory` and `Pipeline.score` run as extra cells at the end of the
 explore kernel, where both are already compiled: on a 2-core CPU, compilation is most of the cost.
@@ -41,6 +42,12 @@ def tiny_parameters(workdir: str) -> dict[str, dict]:
           "CLASSIFIER_SETTINGS": {"batch_size": 32, "d_model": 16, "num_layers": 1},
           "BATCH": 2, "STEPS": 4, "ANCHORS": {0: "The", 3: "pub"}, "ANCHOR_LENGTH": 8,
           "PREFIX": "The", "SUFFIX": "near the river .", "TARGETS": ["food=Italian"]},
+      "data_to_text.ipynb": {
+          "TRAIN_DIR": os.path.join(os.path.dirname(workdir), "notebook_data_to_text"),
+          "TRAIN_OVERRIDES": {"data.conditional": True, "data.seq_len": 64, "data.vocab_size": 200,
+                              "train.num_samples": 0, "train.num_steps": 20, "train.eval_every": 20,
+                              "train.checkpoint_every": 20},
+          "MRS": ["name[The Eagle], food[French]"], "STEPS": 4, "NUM_TEST_MRS": 4},
   }
 
 
@@ -124,7 +131,7 @@ def test_notebooks_run_top_to_bottom_and_draw_their_figures(tmp_path, monkeypatc
   monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   kernel_name = kernel_for_this_interpreter(tmp_path / "jupyter")
   workdir = str(tmp_path / "notebook_tiny")
-  expected_figures = {"explore_samples.ipynb": 5, "controllable_generation.ipynb": 3}
+  expected_figures = {"explore_samples.ipynb": 5, "controllable_generation.ipynb": 3, "data_to_text.ipynb": 1}
   for name, values in tiny_parameters(workdir).items():
     started = time.perf_counter()
     nb = run_notebook(name, values, kernel_name, str(tmp_path))
