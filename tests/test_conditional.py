@@ -309,3 +309,12 @@ def test_a_pair_file_without_a_tab_is_one_line(copy_corpus, tmp_path):
                       "--config.data.name=text_files", f"--config.data.train_files={broken}",
                       f"--config.data.validation_files={broken}", "--config.data.conditional=True")
   assert_one_line_error(result, "line 2", "no tab")
+
+
+def test_conditional_configs_are_checked():
+  from diffusion_lm import config_utils
+  from diffusion_lm.errors import ConfigError
+  for overrides, phrase in (({"data.mode": "pack"}, "mode=pad"), ({"model.kind": "masked"}, "does not train on"),
+                            ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional")):
+    with pytest.raises(ConfigError, match=phrase):
+      config_utils.validate(tiny_config(**{"data.conditional": True, **overrides}))
