@@ -31,6 +31,7 @@ flags.DEFINE_list("strengths", ["0.2", "0.5"], "Refine strengths for the AR draf
 flags.DEFINE_integer("refine_steps", 200, "Steps of a full-strength refine (a strength s runs s × this).")
 flags.DEFINE_integer("max_sources", 0, "Only the first N test MRs (0 = all 630).")
 flags.DEFINE_integer("eval_sequences", 0, "Test pairs for the likelihood (0 = all).")
+flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "likelihood"], "Which rows to measure.")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
 
 TGEN = {"bleu": 65.93, "nist": 8.61, "meteor": 44.83, "rouge_l": 68.50, "cider": 2.23}  # Dušek et al. 2020, test.
@@ -56,19 +57,20 @@ def main(argv):
   diffusion, ar = FLAGS.diffusion_workdir, FLAGS.ar_workdir
   generate = lambda workdir, **kwargs: lambda n: evaluation.evaluate_generation(
       workdir, "test", max_sources=n, write=False, **kwargs)
-  for steps in map(int, FLAGS.steps):
+  for steps in map(int, FLAGS.steps if "diffusion" in FLAGS.sections else []):
     run = generate(diffusion, steps=steps)
     warm(run)
     rows.append(row(f"diffusion, {steps} steps", run(sources)))
-  run = generate(diffusion, draft_workdir=ar)
-  warm(run)
-  rows.append(row("AR (greedy)", run(sources)))
-  for strength in map(float, FLAGS.strengths):
+  if "ar" in FLAGS.sections:
+    run = generate(diffusion, draft_workdir=ar)
+    warm(run)
+    rows.append(row("AR (greedy)", run(sources)))
+  for strength in map(float, FLAGS.strengths if "refine" in FLAGS.sections else []):
     run = generate(diffusion, draft_workdir=ar, strength=strength, steps=FLAGS.refine_steps)
     warm(run)
     rows.append(row(f"AR draft + refine s={strength} ({round(strength * FLAGS.refine_steps)} steps)", run(sources)))
   likelihood = {}
-  for name, workdir in (("diffusion", diffusion), ("ar", ar)):
+  for name, workdir in (("diffusion", diffusion), ("ar", ar)) if "likelihood" in FLAGS.sections else ():
     report = evaluation.evaluate(workdir, "test", max_sequences=FLAGS.eval_sequences, write=False, progress=False)
     likelihood[name] = {"nll_nats_per_token": report["nll_nats_per_token"], "stderr": report["stderr"],
                         "num_tokens": report["num_tokens"], "exact": report["exact"]}

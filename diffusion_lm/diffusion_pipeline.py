@@ -241,7 +241,7 @@ class Pipeline:
     for index, (plan, draft) in enumerate(zip(plans, drafts)):
       if not isinstance(draft, str):
         raise control.ControlError(f"draft {index + 1} must be a string, not {type(draft).__name__}")
-      ids = control.encode_words(self.tokenizer, draft, f"draft {index + 1}")
+      ids = self.tokenizer.encode(draft)  # A model's draft may hold <unk>: kept as unk, not refused.
       row_L = plan.tokens_L.copy()
       row_L[plan.start:] = layout_row(ids, plan.seq_len - plan.start)  # A draft that never ended is cut, EOS kept.
       draft_rows.append(row_L)

@@ -172,6 +172,7 @@ def test_generated_targets_copy_the_source_and_keep_it_unchanged(workdirs):
   # Refining wrong drafts at full strength writes for the source, as `generate` does; at 0 returns the drafts.
   drafts = [TARGET.format(NAMES[(i + 1) % 30]) for i in range(30)]
   assert pipe.refine(drafts[:2], NAMES[:2], 0.0) == drafts[:2]
+  assert pipe.refine(["zyzzyva is here ."], ["name2"], 0.0) == ["<unk> is here ."]  # A model's draft may hold unk.
   refined = pipe.refine(drafts, NAMES, 1.0, steps=20)
   assert sum(output == TARGET.format(name) for name, output in zip(NAMES, refined)) >= 10, refined
 
