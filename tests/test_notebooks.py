@@ -76,6 +76,12 @@ assert _scores[1]["num_unk_tokens"] >= 1 and _scores[1]["truncated"]
 _alone = pipe.score(_texts[0], num_t_samples=NUM_T_SAMPLES)[0]
 np.testing.assert_allclose(_alone["nll_nats_per_token"], _scores[0]["nll_nats_per_token"], rtol=1e-5)
 print("Pipeline checks passed")
+''',
+    # The steps-vs-quality comparison holds the three kinds, the AR one at a single point.
+    '''
+assert list(comparison) == ["diffusion", "masked", "autoregressive"], list(comparison)
+assert len(comparison["masked"]) == len(STEP_COUNTS) and len(comparison["autoregressive"]) == 1
+assert all(row["ms_per_sample"] > 0 for rows in comparison.values() for row in rows)
 ''']}
 
 
