@@ -310,6 +310,7 @@ def test_a_pair_file_without_a_tab_is_one_line(copy_corpus, tmp_path):
                       "--config.data.name=text_files", f"--config.data.train_files={broken}",
                       f"--config.data.validation_files={broken}", "--config.data.conditional=True")
   assert_one_line_error(result, "line 2", "no tab")
+  assert not (tmp_path / "w").exists()  # Checked before any work: no workdir made.
 
 
 def test_conditional_configs_are_checked():

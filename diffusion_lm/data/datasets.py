@@ -395,6 +395,8 @@ def check_data_files(data_config, splits: tuple[str, ...] = ("train", "validatio
       non_blank_lines = sum(1 for _ in read_text_lines(path))  # Raises at a non-UTF-8 line.
       if not non_blank_lines:
         raise DataError(f"{path}: has only blank lines; fix --config.data.{split}_files")
+      if data_config.get("conditional", False):  # Before the workdir is made, not when the data is read.
+        check_pair_lines(path)
 
 
 def _configured_text_files(data_config: Any) -> dict[str, list[str]]:
