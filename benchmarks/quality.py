@@ -37,7 +37,8 @@ FAST_LR = {"train.learning_rate": 3e-3, "train.warmup_steps": 50}
 SELFCOND_WARP = CATEGORICAL | SELFCOND | WARP
 FAST = SELFCOND_WARP | FAST_LR
 CHEAP = CATEGORICAL | WARP | FAST_LR
-DEFAULT = CHEAP | {"sample.clamp": True, "sample.temperature": 0.5}  # = configs/e2e.py
+DEFAULT = CHEAP | {"sample.clamp": True, "sample.temperature": 0.5}  # = configs/e2e.py before round two.
+CURRENT = DEFAULT | {"data.seq_len": 48, "sample.sampler": "renoise"}  # = configs/e2e.py now (tests/test_recipe.py).
 VARIANTS = {
     "diffusion_lm": ({}, "Diffusion-LM: e2e loss, direct x0, sqrt schedule, d=16, clamping"),
     "cdcd": (CATEGORICAL, "categorical x0 + cross-entropy (CDCD), normalised d=32, no clamp"),
@@ -62,6 +63,10 @@ VARIANTS = {
     "e2e_renoise": (DEFAULT | {"sample.sampler": "renoise"}, "+ renoise sampler: z_s ~ q(z_s | x0), fresh noise"),
     "e2e_output_prior": (DEFAULT | {"model.output_prior": True},
                          "+ Plaid's output prior (single-token posterior added to the logits)"),
+    # Round three (issue 17), on configs/e2e.py as it is now (seq 48, renoise sampler):
+    "e2e_current": (CURRENT, "configs/e2e.py now: seq 48, renoise sampler"),
+    "e2e_adaln": (CURRENT | {"model.time_conditioning": "adaln_zero"},
+                  "+ adaLN-zero time conditioning (DiT / MDLM), modulation from a d_model/4 time vector"),
     "vlb_learned": (CATEGORICAL | SELFCOND | {"diffusion.objective": "vlb", "diffusion.schedule": "learned"},
                     "vlb objective, learned schedule, categorical, self-cond (Plaid-like)"),
 }

@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.tie_embeddings = True  # Autoregressive only: output head = input embedding table (Eᵀ).
   model.output_prior = False  # Categorical diffusion: logits += log N(z; αE[w], σ²) (Plaid's single-token
   #                             posterior), the output layer starting at zero; the network learns the rest.
+  model.time_conditioning = "input"  # Diffusion: "input" (t's embedding added to the input) or "adaln_zero"
+  #                                   (every block's LayerNorms and residuals modulated by t, DiT / MDLM).
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "sqrt"  # Noise schedule: "sqrt" (Diffusion-LM), "cosine", "linear_logsnr",

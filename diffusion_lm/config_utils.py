@@ -26,6 +26,7 @@ CHOICES = {
     "data.mode": batching.ENCODE_MODES,
     "model.kind": tuple(kinds.KINDS),
     "model.parameterization": denoiser.PARAMETERIZATIONS,
+    "model.time_conditioning": denoiser.TIME_CONDITIONINGS,
     "model.dtype": transformer.COMPUTE_DTYPES,
     "model.attention": tuple(transformer.ATTENTION_IMPLEMENTATIONS),
     "diffusion.schedule": (*schedules.SCHEDULES, "learned"),
@@ -51,7 +52,7 @@ RANGES = (
 SHAPE_FIELDS = ("data.seq_len", "data.conditional", "data.tokenizer", "data.vocab_size", "model.kind", "model.embed_dim",
                 "model.d_model", "model.num_layers", "model.num_heads", "model.mlp_dim",
                 "model.parameterization", "model.self_conditioning", "model.tie_embeddings", "diffusion.time_warping",
-                "diffusion.time_warp_bins")
+                "diffusion.time_warp_bins", "model.time_conditioning")
 
 
 def get_field(config, dotted: str):
@@ -102,6 +103,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.diffusion.time_warping and config.diffusion.objective == "vlb":
     raise ConfigError("--config.diffusion.time_warping=True reweights t and would bias the vlb objective; "
                       "use a learned schedule for variance reduction instead")
+  if config.model.time_conditioning != "input" and config.model.kind != "diffusion":
+    raise ConfigError(f"--config.model.time_conditioning={config.model.time_conditioning} is for the diffusion "
+                      f"denoiser; the {config.model.kind} kind does not use it (leave it at input)")
   if config.data.conditional and config.data.mode != "pad":
     raise ConfigError("--config.data.conditional=True needs --config.data.mode=pad (one source and target per row)")
   if config.data.conditional and not kinds.get(config.model.kind).conditional:

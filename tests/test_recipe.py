@@ -1,5 +1,8 @@
 """The recipe levers: learned schedule, time warping, self-conditioning, each objective learns."""
 
+import os
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +76,9 @@ def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
      "model.normalize_embeddings": True},
     {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
      "model.output_prior": True},
-], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior"])
+    {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
+     "model.time_conditioning": "adaln_zero"},
+], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero"])
 def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   config = tiny_config(**{"train.num_steps": 60, "train.warmup_steps": 5, "train.learning_rate": 3e-3, **overrides})
   model, optimizer, state = _model_and_params(config)
@@ -96,6 +101,26 @@ def test_shipped_configs_validate(name):
   config_utils.validate(importlib.import_module(f"configs.{name}").get_config())
 
 
+BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _benchmark_module(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", os.path.join(BENCHMARKS_DIR, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_quality_benchmark_current_variant_is_configs_e2e():
+  # benchmarks/quality.py screens levers against "e2e_current"; it must stay the shipped default.
+  from configs import base, e2e
+  from diffusion_lm import config_utils
+  quality = _benchmark_module("quality")
+  rebuilt = config_utils.apply_overrides(base.get_config(), quality.CURRENT)
+  assert config_utils.to_dict(rebuilt) == config_utils.to_dict(e2e.get_config())
+
+
 def test_e2e_default_is_the_ablation_winner():
   # configs/e2e.py = Diffusion-LM's base + the categorical, time-warped, lr-3e-3, clamped recipe.
   from configs import base, e2e
@@ -104,3 +129,48 @@ def test_e2e_default_is_the_ablation_winner():
   assert default.model.normalize_embeddings and default.diffusion.time_warping and default.sample.clamp
   assert not default.model.self_conditioning and default.train.learning_rate == 3e-3
   assert (diffusion_lm.diffusion.objective, diffusion_lm.model.parameterization) == ("e2e", "direct")
+
+
+def test_adaln_zero_blocks_start_as_identity_and_learn_from_t():
+  # adaLN-zero (DiT): zero-initialised gates make every block the identity at init, so t (which
+  # enters only through the modulation) cannot change the output yet; its gradient is not zero.
+  from diffusion_lm.models.denoiser import Denoiser
+  model = Denoiser(vocab_size=50, embed_dim=8, d_model=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=16,
+                   parameterization="categorical", time_conditioning="adaln_zero")
+  noisy = jax.random.normal(jax.random.key(0), (2, 16, 8))
+  variables = model.init(jax.random.key(1), noisy, jnp.zeros((2,)))
+  early, _ = model.apply(variables, noisy, jnp.full((2,), 0.1))
+  late, _ = model.apply(variables, noisy, jnp.full((2,), 0.9))
+  np.testing.assert_allclose(early, late, atol=1e-6)
+  direction = jax.random.normal(jax.random.key(2), early.shape)
+  grads = jax.grad(lambda v: jnp.sum(model.apply(v, noisy, jnp.full((2,), 0.5))[0] * direction))(variables)
+  modulation = nn.unbox(grads["params"]["backbone"]["block_0"]["modulation"]["kernel"])
+  assert float(jnp.abs(modulation).max()) > 0
+
+
+def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
+  import json
+  import subprocess
+  import sys
+  curve = _benchmark_module("compute_curve")
+  points = [(500, 60.0), (1500, 26.0), (5000, 8.0)]
+  # 26 → 8 between 1,500 and 5,000 steps: ratio 10 is crossed at 1500·(5000/1500)^(ln 2.6 / ln 3.25).
+  expected = 1500 * (5000 / 1500) ** (np.log(26 / 10) / np.log(26 / 8)) / 1500
+  got = curve.crossing_multiplier(points, target=10.0, reference_steps=1500)
+  assert got["kind"] == "interpolated" and got["multiplier"] == pytest.approx(expected)
+  assert curve.crossing_multiplier(points, target=100.0, reference_steps=1500) == {"multiplier": 500 / 1500,
+                                                                                   "kind": "at_most"}
+  short = curve.crossing_multiplier(points, target=4.0, reference_steps=1500)
+  assert short["kind"] == "at_least" and short["multiplier"] == pytest.approx(5000 / 1500)
+  assert short["extrapolated"] > 5000 / 1500
+  rows = [{"kind": kind, "train_steps": steps, "nll_nats_per_token": 2.0, "exact": kind == "autoregressive",
+           "by_steps": {("AR" if kind == "autoregressive" else "200"): {
+               "ratio": ratio, "unigram_entropy": 4.0, "real_unigram_entropy": 4.6}}}
+          for kind, series in (("autoregressive", [(500, 6.0), (1500, 1.5)]), ("diffusion", points))
+          for steps, ratio in series]
+  table, png = tmp_path / "table.json", tmp_path / "curve.png"
+  table.write_text(json.dumps({"rows": rows}))
+  result = subprocess.run([sys.executable, os.path.join(BENCHMARKS_DIR, "compute_curve.py"), f"--table={table}",
+                           f"--plot={png}"], capture_output=True, text=True, check=True)
+  assert "diffusion: multiplier to reach AR@1500 (judge ratio 1.50)" in result.stdout and "at_least" in result.stdout
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

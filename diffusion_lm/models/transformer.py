@@ -139,7 +139,12 @@ def layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
 
 
 class Block(nn.Module):
-  """Pre-LN residual block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LN residual block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  Given a conditioning vector c (adaLN-zero, DiT), each LayerNorm's output is scaled and shifted by
+  (1 + scale(c), shift(c)) and each residual branch gated by gate(c), all from one zero-initialised
+  Dense: the block starts as the identity and the conditioning acts at every layer.
+  """
 
   num_heads: int
   mlp_dim: int
@@ -150,12 +155,23 @@ class Block(nn.Module):
   attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
+               conditioning_BC: jax.Array | None = None) -> jax.Array:
     drop = nn.Dropout(self.dropout, deterministic=deterministic)
-    x_BLD = x_BLD + drop(SelfAttention(self.num_heads, self.causal, self.dtype, self.decode, self.attention,
-                                       name="attention")(
-        layer_norm(self.dtype, "ln_attention")(x_BLD)))
-    x_BLD = x_BLD + drop(MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "ln_mlp")(x_BLD)))
+    attention = SelfAttention(self.num_heads, self.causal, self.dtype, self.decode, self.attention, name="attention")
+    mlp = MlpBlock(self.mlp_dim, self.dtype, name="mlp")
+    if conditioning_BC is None:
+      x_BLD = x_BLD + drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD)))
+      x_BLD = x_BLD + drop(mlp(layer_norm(self.dtype, "ln_mlp")(x_BLD)))
+      return constrain(x_BLD, axes.ACTIVATION_BLD)
+    d_model = x_BLD.shape[-1]
+    modulation_B6D = nn.Dense(
+        6 * d_model, dtype=self.dtype, name="modulation",
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED_SMALL, axes.EMBED)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)))(nn.silu(conditioning_BC))
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(modulation_B6D[:, None, :], 6, axis=-1)
+    x_BLD = x_BLD + gate1 * drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD) * (1 + scale1) + shift1))
+    x_BLD = x_BLD + gate2 * drop(mlp(layer_norm(self.dtype, "ln_mlp")(x_BLD) * (1 + scale2) + shift2))
     return constrain(x_BLD, axes.ACTIVATION_BLD)
 
 
@@ -175,7 +191,9 @@ class Transformer(nn.Module):
   attention: str = "auto"  # Attention implementation (ATTENTION_IMPLEMENTATIONS).
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
+               conditioning_BC: jax.Array | None = None) -> jax.Array:
+    """`conditioning_BC` (optional): a per-example vector every block is modulated by (adaLN-zero)."""
     length = x_BLD.shape[1]
     positions_LD = self.param("positions", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (axes.LENGTH, axes.EMBED)), (self.max_len, self.d_model))
@@ -185,7 +203,8 @@ class Transformer(nn.Module):
     block_class = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for layer in range(self.num_layers):
       x_BLD = block_class(self.num_heads, self.mlp_dim, self.dropout, self.causal, self.dtype,
-                          decode=self.decode, attention=self.attention, name=f"block_{layer}")(x_BLD, deterministic)
+                          decode=self.decode, attention=self.attention, name=f"block_{layer}")(
+                              x_BLD, deterministic, conditioning_BC)
     return layer_norm(self.dtype, "ln_final")(x_BLD)
 
   def _decode_positions(self, positions_LD: jax.Array, length: int) -> jax.Array:

@@ -1,0 +1,124 @@
+"""The compute curve and the multiplier: sample quality against training compute, AR vs diffusion.
+
+Reads the JSON that benchmarks/kinds.py writes for workdirs of each kind trained at several budgets
+(same batch, backbone and data: equal compute per step, so steps measure compute), all judged by
+one AR judge. Prints, per kind, judge perplexity ÷ real sentences' and unigram entropy against
+training steps, and the **multiplier**: how many times the AR twin's training compute a diffusion
+kind needs to reach the AR twin's quality at `--reference_steps`. The crossing is interpolated
+linearly in (log steps, log ratio) between the two measured budgets around it; when no measured
+budget reaches it, the multiplier is a lower bound (and a power-law extrapolation from the last two
+points is printed, marked as such). With `--plot`, both panels go to a PNG.
+
+Example:
+  python benchmarks/kinds.py --workdirs=ar@500=runs/curve/ar_500,ar@1500=runs/curve/ar_1500,... \
+      --judge_workdir=runs/kinds/e2e_ar --sample_steps=20,50,200 --infill_steps=0 --output=runs/curve/table.json
+  python benchmarks/compute_curve.py --table=runs/curve/table.json --plot=benchmarks/compute_curve.png
+"""
+
+import json
+import math
+import os
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("table", None, "benchmarks/kinds.py's --output JSON.")
+flags.DEFINE_integer("reference_steps", 1500, "The AR twin's budget whose quality diffusion has to reach.")
+flags.DEFINE_string("diffusion_sample_steps", "200", "Which sampling-step count of the diffusion rows the curve uses.")
+flags.DEFINE_string("plot", None, "Write the curve as a PNG here (needs matplotlib).")
+
+
+def crossing_multiplier(points: list[tuple[int, float]], target: float, reference_steps: int) -> dict:
+  """Where a quality curve (steps, judge ratio; lower is better) first reaches `target`, ÷ reference_steps.
+
+  Returns {"multiplier", "kind"}: kind "interpolated" (between two measured budgets, in log-log),
+  "at_most" (the smallest budget measured already reaches it) or "at_least" (none does; then
+  "extrapolated" holds the power-law continuation of the last two points, or None if they do not
+  improve).
+
+  Example:
+    >>> crossing_multiplier([(500, 60.0), (1500, 26.0), (5000, 8.0)], target=4.0, reference_steps=1500)
+    {'multiplier': 3.33..., 'kind': 'at_least', 'extrapolated': 6.77...}
+  """
+  points = sorted(points)
+  if points[0][1] <= target:
+    return {"multiplier": points[0][0] / reference_steps, "kind": "at_most"}
+  for (steps_a, ratio_a), (steps_b, ratio_b) in zip(points, points[1:]):
+    if ratio_b <= target:
+      fraction = (math.log(ratio_a) - math.log(target)) / (math.log(ratio_a) - math.log(ratio_b))
+      steps = math.exp(math.log(steps_a) + fraction * (math.log(steps_b) - math.log(steps_a)))
+      return {"multiplier": steps / reference_steps, "kind": "interpolated"}
+  extrapolated = None
+  if len(points) >= 2 and points[-1][1] < points[-2][1]:
+    (steps_a, ratio_a), (steps_b, ratio_b) = points[-2:]
+    slope = (math.log(ratio_b) - math.log(ratio_a)) / (math.log(steps_b) - math.log(steps_a))
+    extrapolated = steps_b * math.exp((math.log(target) - math.log(ratio_b)) / slope) / reference_steps
+  return {"multiplier": points[-1][0] / reference_steps, "kind": "at_least", "extrapolated": extrapolated}
+
+
+def curves(rows: list[dict], sample_steps: str) -> dict[str, list[dict]]:
+  """kind → points sorted by training steps: {steps, ratio, unigram_entropy, real_unigram_entropy, nll}."""
+  by_kind = {}
+  for row in rows:
+    figures = row["by_steps"]["AR" if row["kind"] == "autoregressive" else sample_steps]
+    by_kind.setdefault(row["kind"], []).append(
+        {"steps": row["train_steps"], "ratio": figures["ratio"], "unigram_entropy": figures["unigram_entropy"],
+         "real_unigram_entropy": figures["real_unigram_entropy"], "nll": row["nll_nats_per_token"],
+         "exact": row["exact"]})
+  return {kind: sorted(points, key=lambda p: p["steps"]) for kind, points in by_kind.items()}
+
+
+def plot(curves_by_kind: dict[str, list[dict]], target: float, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  figure, (quality_axis, entropy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+  for kind, points in curves_by_kind.items():
+    steps = [p["steps"] for p in points]
+    quality_axis.plot(steps, [p["ratio"] for p in points], "o-", label=kind)
+    entropy_axis.plot(steps, [p["unigram_entropy"] for p in points], "o-", label=kind)
+  real_entropy = next(iter(curves_by_kind.values()))[0]["real_unigram_entropy"]
+  quality_axis.axhline(target, color="grey", linestyle="--", label=f"AR at {FLAGS.reference_steps} steps")
+  entropy_axis.axhline(real_entropy, color="grey", linestyle="--", label="real sentences")
+  quality_axis.set(xscale="log", yscale="log", xlabel="training steps (equal compute per step)",
+                   ylabel="judge perplexity ÷ real sentences'")
+  entropy_axis.set(xscale="log", xlabel="training steps", ylabel="unigram entropy (nats)")
+  for axis in (quality_axis, entropy_axis):
+    axis.legend()
+    axis.grid(alpha=0.3, which="both")
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+
+
+def main(argv):
+  del argv
+  if not FLAGS.table:
+    raise app.UsageError("give --table=JSON written by benchmarks/kinds.py --output")
+  with open(FLAGS.table) as f:
+    rows = json.load(f)["rows"]
+  curves_by_kind = curves(rows, FLAGS.diffusion_sample_steps)
+  ar_points = {p["steps"]: p for p in curves_by_kind.get("autoregressive", [])}
+  if FLAGS.reference_steps not in ar_points:
+    raise app.UsageError(f"the table has no autoregressive row trained {FLAGS.reference_steps} steps")
+  target = ar_points[FLAGS.reference_steps]["ratio"]
+  print("| kind | steps | judge ppl ÷ real | unigram entropy (real) | NLL (nats/token) |")
+  print("|---|---:|---:|---:|---:|")
+  for kind, points in curves_by_kind.items():
+    for p in points:
+      print(f"| {kind} | {p['steps']} | {p['ratio']:.2f} | {p['unigram_entropy']:.2f} "
+            f"({p['real_unigram_entropy']:.2f}) | {p['nll']:.3f}{'' if p['exact'] else ' (bound)'} |")
+  for kind, points in curves_by_kind.items():
+    if kind == "autoregressive":
+      continue
+    result = crossing_multiplier([(p["steps"], p["ratio"]) for p in points], target, FLAGS.reference_steps)
+    print(f"{kind}: multiplier to reach AR@{FLAGS.reference_steps} (judge ratio {target:.2f}): {result}")
+  if FLAGS.plot:
+    plot(curves_by_kind, target, FLAGS.plot)
+    print(f"wrote {FLAGS.plot}")
+
+
+if __name__ == "__main__":
+  app.run(main)
