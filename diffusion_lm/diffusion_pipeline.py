@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 
 from diffusion_lm import control, parallel, scoring, text_metrics
-from diffusion_lm.data.layout import SPECIAL_IDS, layout_row, layout_rows, source_mask
+from diffusion_lm.data.layout import PAD_ID, SPECIAL_IDS, layout_row, layout_rows, source_mask
 from diffusion_lm.data.tokenizer import Tokenizer
 from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.diffusion import likelihood, process, samplers
-from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
+from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions, with_source_guidance
 from diffusion_lm.semantic_classifier import SemanticClassifier
 
 
@@ -68,11 +68,12 @@ class Pipeline:
     loop's evaluations)."""
     self.params, self.time_warp_table = params, time_warp_table
 
-  def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False):
+  def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False,
+               source_guidance: float = 0.0):
     # The config's sampling settings are baked into the compiled function: they belong in the key,
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
-           bool(self.config.sample.draw_tokens))
+           bool(self.config.sample.draw_tokens), source_guidance)
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
       # Weights and the time-warp table are arguments too: the train loop swaps in new ones.
@@ -80,7 +81,10 @@ class Pipeline:
               start_noisy=None, start_time=1.0, guidance=None):
         fns = bind_denoiser(self.model, params)
         if self.config.data.conditional and anchor_tokens is not None:  # The source is shown clean.
-          fns = with_clean_positions(fns, anchor_tokens, source_mask(anchor_tokens))
+          clean_BL = source_mask(anchor_tokens)
+          fns = (with_source_guidance(fns, anchor_tokens, clean_BL, jnp.maximum(jnp.sum(clean_BL, axis=1) - 1, 0), PAD_ID,
+                                      source_guidance)
+                 if source_guidance else with_clean_positions(fns, anchor_tokens, clean_BL))
         anchors = None if anchor_tokens is None else samplers.Anchors(
             anchor_tokens, anchor_mask, anchor_words_only, SPECIAL_IDS)
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
@@ -112,11 +116,13 @@ class Pipeline:
   def _run_sampler(self, num_samples, steps, seed, sampler, clamp, trajectory: bool, control_inputs: dict):
     """The compiled reverse process on this pipeline's mesh; None settings come from config.sample."""
     control.check_sampling_args(num_samples, steps)
+    control_inputs = dict(control_inputs)
+    source_guidance = float(control_inputs.pop("source_guidance", 0.0))
     steps = steps or self.config.sample.steps
     sampler = sampler or self.config.sample.sampler
     clamp = self.config.sample.clamp if clamp is None else clamp
     with parallel.activate(self.mesh, parallel.logical_rules(self.config.mesh)):
-      return self._sampler(num_samples, steps, sampler, clamp, trajectory)(
+      return self._sampler(num_samples, steps, sampler, clamp, trajectory, source_guidance)(
           self.params, self.time_warp_table, jax.random.key(seed), **control_inputs)
 
   def decode(self, tokens: np.ndarray) -> list[str]:
@@ -201,7 +207,7 @@ class Pipeline:
 
   def generate(self, sources: list[str], num_samples: int = 1, steps: int | None = None, seed: int = 0,
                sampler: str | None = None, clamp: bool | None = None, *, mbr: int | None = None,
-               **target_controls) -> list[str]:
+               source_guidance: float = 0.0, **target_controls) -> list[str]:
     """A conditional model's targets: `num_samples` per source, source-major, as one flat list.
 
     The source is pinned clean and the target sampled after it; `target_controls` (template,
@@ -209,15 +215,29 @@ class Pipeline:
     first token, and `mbr` picks each output from that many candidates. A model trained with
     `data.source_dropout` > 0 also takes "" (no source). Sources go through the sampler
     `GENERATE_BATCH_SIZE` at a time, each batch with its own seed (seed + batch index).
+    `source_guidance` w > 0 is classifier-free guidance (logits = c + w·(c − u), u without the
+    source; twice the network passes); it needs a model trained with `data.source_dropout` > 0.
 
     Example:
       >>> pipe.generate(["name[The Eagle], eatType[coffee shop], food[French], area[riverside]"], steps=50)
       >>> pipe.generate(["name[Loch Fyne], food[Italian]"], num_samples=4, length=12, mbr=4)
+      >>> pipe.generate(["name[Loch Fyne], food[Italian]"], source_guidance=1.0)
     """
     sources = self._check_sources(sources)
+    self._check_source_guidance(source_guidance)
     plans = [self._plan(source, **target_controls) for source in sources for _ in range(num_samples)]
     return self._in_batches(plans, None, lambda chunk, drafts, chunk_seed: self._generate(
-        chunk, len(chunk), steps, chunk_seed, sampler, clamp, mbr=mbr), seed)
+        chunk, len(chunk), steps, chunk_seed, sampler, clamp, mbr=mbr, source_guidance=source_guidance), seed)
+
+  def _check_source_guidance(self, weight) -> None:
+    if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+      raise control.ControlError(f"source_guidance must be a finite number >= 0 (0 = none), not {weight!r}")
+    if weight and not self.config.data.source_dropout:
+      raise control.ControlError("source_guidance needs a model that also learned to write without a source: "
+                                 "train it with --config.data.source_dropout=0.1 (this one used 0)")
+    if weight and self.config.model.parameterization != "categorical":
+      raise control.ControlError("source_guidance mixes the denoiser's logits: it needs "
+                                 "--config.model.parameterization=categorical")
 
   def refine(self, drafts: list[str], sources: list[str | None], strength: float, steps: int | None = None,
              seed: int = 0, sampler: str | None = None, clamp: bool | None = None, *, mbr: int | None = None
@@ -368,7 +388,7 @@ class Pipeline:
 
   def _generate(self, plans, num_samples: int, steps: int | None, seed: int, sampler, clamp, *,
                 guidance=None, mbr: int | None = None, best_of: int | None = None, drafts=None,
-                start_time: float = 1.0) -> list[str]:
+                start_time: float = 1.0, source_guidance: float = 0.0) -> list[str]:
     """Samples `num_samples` texts under constraints, each picked from `mbr` or `best_of` candidates.
 
     Args:
@@ -391,7 +411,7 @@ class Pipeline:
     copies = mbr or best_of or 1
     row_plans = [plan for plan in plans for _ in range(copies)]  # Candidates of a sample are adjacent.
     batch = len(row_plans)
-    inputs = {}
+    inputs = {"source_guidance": source_guidance} if source_guidance else {}
     if any(plan.mask_L.any() for plan in row_plans):
       inputs["anchor_tokens"] = np.stack([plan.tokens_L for plan in row_plans])
       inputs["anchor_mask"] = np.stack([plan.mask_L for plan in row_plans])

@@ -154,6 +154,59 @@ def test_the_conditional_loss_drops_below_the_unconditional_one_on_the_same_targ
   assert losses["conditional"] < 0.75 * losses["unconditional"], losses
 
 
+def test_source_guidance_runs_the_unconditional_pass_on_the_shifted_row():
+  """u sees the row as source dropout made it (BOS clean at 0, target shifted, PAD tail) and is
+  shifted back: with a position-wise denoiser u equals c on the target, so guidance changes nothing there."""
+  from diffusion_lm.diffusion import schedules
+  from diffusion_lm.diffusion.model_fns import DenoiserFns, with_clean_positions, with_source_guidance
+  table_VD = jax.random.normal(jax.random.key(0), (50, 4))
+  seen = []
+
+  def denoise(noisy_BLD, t_B, self_cond=None):
+    seen.append(noisy_BLD)
+    logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
+    return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD
+  log_snr = schedules.get_schedule("sqrt")
+  fns = DenoiserFns(embed=lambda tokens: table_VD[tokens], denoise=denoise, round_logits=None,
+                    embedding_table=table_VD, categorical=True, log_snr=lambda t, *_: log_snr(t))
+  tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11, 12], [20, 21], 10),
+                                    layout.layout_pair([13], [22, 23, 24], 10)]))
+  clean_BL = layout.source_mask(tokens_BL)
+  source_len_B = jnp.sum(clean_BL, axis=1) - 1
+  noisy_BLD = jax.random.normal(jax.random.key(1), (2, 10, 4))
+  t_B = jnp.array([0.3, 0.6])
+  plain_logits, _ = with_clean_positions(fns, tokens_BL, clean_BL).denoise(noisy_BLD, t_B)
+  unguided_logits, _ = with_source_guidance(fns, tokens_BL, clean_BL, source_len_B, layout.PAD_ID, 0.0).denoise(
+      noisy_BLD, t_B)
+  np.testing.assert_array_equal(unguided_logits, plain_logits)
+  seen.clear()
+  guided_logits, guided_x0 = with_source_guidance(fns, tokens_BL, clean_BL, source_len_B, layout.PAD_ID, 2.0).denoise(
+      noisy_BLD, t_B)
+  np.testing.assert_allclose(guided_logits, plain_logits, atol=1e-5)  # Position-wise: u = c after the shift back.
+  np.testing.assert_allclose(guided_x0, jax.nn.softmax(guided_logits) @ table_VD, atol=1e-6)
+  unconditional_BLD = seen[1]
+  alpha_B = jnp.sqrt(jax.nn.sigmoid(log_snr(t_B)))
+  for row, shift in enumerate([3, 1]):
+    np.testing.assert_allclose(unconditional_BLD[row, 0], table_VD[layout.BOS_ID], atol=1e-6)  # The separator, clean.
+    np.testing.assert_allclose(unconditional_BLD[row, 1:10 - shift], noisy_BLD[row, shift + 1:], atol=1e-6)
+    wrapped = noisy_BLD[row, :shift] + alpha_B[row] * (table_VD[layout.PAD_ID] - table_VD[tokens_BL[row, :shift]])
+    np.testing.assert_allclose(unconditional_BLD[row, 10 - shift:], wrapped, atol=1e-5)
+
+
+def test_source_guidance_needs_source_dropout(workdirs):
+  import diffusion_lm
+  from diffusion_lm import control
+  pipe = diffusion_lm.load(workdirs["conditional"])
+  with pytest.raises(control.ControlError, match="source_dropout"):
+    pipe.generate(["name1"], source_guidance=1.0)
+  with pytest.raises(control.ControlError, match=">= 0"):
+    pipe.generate(["name1"], source_guidance=-1.0)
+  pipe.config.data.source_dropout = 0.1  # The code path only: this model never learned to write without a source.
+  guided = pipe.generate(NAMES[:4], steps=10, source_guidance=1.0)
+  assert all(output.endswith(" is here .") for output in guided), guided
+  assert pipe.generate(NAMES[:4], steps=10, source_guidance=0.0) == pipe.generate(NAMES[:4], steps=10)
+
+
 def test_generated_targets_copy_the_source_and_keep_it_unchanged(workdirs):
   import diffusion_lm
   from diffusion_lm import control

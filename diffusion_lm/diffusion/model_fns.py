@@ -14,6 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diffusion_lm.diffusion import process
+
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserFns:
@@ -60,4 +62,47 @@ def with_clean_positions(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
   def denoise(noisy_BLD, t_B, self_cond_BLD=None):
     return fns.denoise(jnp.where(clean_BL[..., None], clean_BLD.astype(noisy_BLD.dtype), noisy_BLD), t_B,
                        self_cond_BLD)
+  return dataclasses.replace(fns, denoise=denoise)
+
+
+def with_source_guidance(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.Array, source_len_B: jax.Array,
+                         filler_id: int, weight: float) -> DenoiserFns:
+  """Classifier-free guidance on a conditional model's source: logits = c + w·(c − u).
+
+  c is the denoiser with the source shown clean (`with_clean_positions`); u is the same model
+  without it, as conditioning dropout trained it: the row shifted left by the source's length
+  (`source_len_B` tokens, so the target starts where an empty source's would; the separator
+  stays clean) and the freed tail filled with `filler_id` (PAD), each position keeping the noise
+  z_t − αE[w] the sampler left there. u is shifted back before mixing. w = 0 is the plain
+  conditional model; x̂0 = softmax(logits) E follows the guided logits (categorical models).
+
+  Example:
+    >>> fns = with_source_guidance(fns, tokens_BL, source_mask(tokens_BL), source_len_B, PAD_ID, weight=1.5)
+  """
+  conditional = with_clean_positions(fns, tokens_BL, clean_BL)
+  if weight == 0.0:
+    return conditional
+  length = tokens_BL.shape[1]
+  positions_L = jnp.arange(length)
+  gather = lambda values, index_BL: jnp.take_along_axis(
+      values, index_BL.reshape(index_BL.shape + (1,) * (values.ndim - 2)), axis=1)
+  # Unconditional position i reads conditional position i + shift (past the end: the source
+  # positions, wrapped round and turned into PAD); conditional position j reads u at j − shift.
+  read_BL = (positions_L[None, :] + source_len_B[:, None]) % length
+  wrapped_BL = positions_L[None, :] >= length - source_len_B[:, None]
+  back_BL = (positions_L[None, :] - source_len_B[:, None]) % length
+  read_tokens_BL = gather(tokens_BL, read_BL)
+  unconditional_tokens_BL = jnp.where(wrapped_BL, filler_id, read_tokens_BL)
+  unconditional = with_clean_positions(fns, unconditional_tokens_BL, gather(clean_BL, read_BL) & ~wrapped_BL)
+  moved_BLD = fns.embed(unconditional_tokens_BL) - fns.embed(read_tokens_BL)  # Zero except where wrapped.
+
+  def denoise(noisy_BLD, t_B, self_cond_BLD=None):
+    logits_BLV, _ = conditional.denoise(noisy_BLD, t_B, self_cond_BLD)
+    alpha_B, _ = process.alpha_sigma(fns.log_snr(t_B))
+    unconditional_BLD = gather(noisy_BLD, read_BL) + alpha_B[:, None, None] * moved_BLD.astype(noisy_BLD.dtype)
+    self_cond = None if self_cond_BLD is None else gather(self_cond_BLD, read_BL)
+    unconditional_logits_BLV = gather(unconditional.denoise(unconditional_BLD, t_B, self_cond)[0], back_BL)
+    guided_BLV = logits_BLV + weight * (logits_BLV - unconditional_logits_BLV)
+    guided_BLV = jnp.where(clean_BL[..., None], logits_BLV, guided_BLV)  # The source stays the conditional's.
+    return guided_BLV, jax.nn.softmax(guided_BLV, axis=-1) @ fns.embedding_table
   return dataclasses.replace(fns, denoise=denoise)
