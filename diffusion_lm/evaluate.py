@@ -55,7 +55,7 @@ def main(argv):
     if FLAGS.strength is not None and not FLAGS.draft_workdir:
       raise UserError("--strength refines AR drafts: give --draft_workdir=AR_WORKDIR too")
     report = evaluate_generation(FLAGS.workdir, FLAGS.split, FLAGS.steps, FLAGS.seed, FLAGS.max_sequences,
-                                 FLAGS.draft_workdir, FLAGS.strength)
+                                 FLAGS.draft_workdir, FLAGS.strength, source_guidance=FLAGS.source_guidance)
     name = report["settings"]["report_name"]
   elif FLAGS.samples:
     if not FLAGS.judge_workdir:
@@ -99,6 +99,8 @@ def run():
   flags.DEFINE_string("draft_workdir", None, "With --generate: a conditional AR workdir that drafts; with "
                       "--strength this workdir refines the drafts, without it the drafts are scored.")
   flags.DEFINE_float("strength", None, "With --draft_workdir: refine strength in [0, 1].")
+  flags.DEFINE_float("source_guidance", 0.0, "With --generate: classifier-free guidance weight w on the source "
+                     "(logits = c + w·(c − u); needs a model trained with data.source_dropout > 0).")
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)
 

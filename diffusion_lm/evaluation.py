@@ -188,7 +188,7 @@ def load_drafter(workdir: str, draft_workdir: str):
 
 def evaluate_generation(workdir: str, split: str = "test", steps: int | None = None, seed: int = 0,
                         max_sources: int = 0, draft_workdir: str | None = None, strength: float | None = None,
-                        write: bool = True) -> dict:
+                        write: bool = True, source_guidance: float = 0.0) -> dict:
   """Data-to-text quality of a conditional workdir: one output per source of `split`, scored against
   all of that source's references.
 
@@ -196,7 +196,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   for E2E the slot error rate (text_metrics.slot_errors: MR values missing or added) of the outputs
   and, as the checker's floor, of each source's first human reference; seconds per source. With
   `draft_workdir` (a conditional AR workdir) the AR model drafts and this one refines each draft at
-  `strength` (strength None: the drafts themselves are scored). Outputs go to
+  `strength` (strength None: the drafts themselves are scored); `source_guidance` w > 0 samples
+  with classifier-free guidance on the source (`Pipeline.generate`). Outputs go to
   WORKDIR/eval/generate_<name>.txt, the report to WORKDIR/eval/generate_<name>.json.
 
   Example:
@@ -217,7 +218,10 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   references = [groups[source] for source in sources]
   started = time.perf_counter()
   name = f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
-                                "_drafts" if draft_workdir else "")
+                                "_drafts" if draft_workdir else "") + (f"_guided{source_guidance:g}" if source_guidance else "")
+  if source_guidance and (draft_workdir or not hasattr(pipe, "refine")):
+    raise UserError("--source_guidance samples a conditional diffusion model's targets; it does not apply to "
+                    "AR drafts or an autoregressive --workdir")
   if draft_workdir:
     if strength is not None and not hasattr(pipe, "refine"):
       raise UserError(f"--strength refines with a diffusion model; {workdir} holds a {config.model.kind} model")
@@ -226,7 +230,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
     if strength is not None:
       outputs = pipe.refine(outputs, sources, strength, steps, seed)
   else:
-    outputs = pipe.generate(sources, steps=steps, seed=seed)
+    outputs = pipe.generate(sources, steps=steps, seed=seed, **({"source_guidance": source_guidance}
+                                                                if source_guidance else {}))
   seconds = time.perf_counter() - started
   report = {"bleu": 100 * text_metrics.corpus_bleu(outputs, references),
             "chrf": text_metrics.corpus_chrf(outputs, references),
@@ -244,7 +249,7 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   report["settings"] = {
       "workdir": os.path.abspath(workdir), "split": split, "steps": steps or config.sample.steps, "seed": seed,
       "sampler": config.sample.sampler, "draft_workdir": draft_workdir and os.path.abspath(draft_workdir),
-      "strength": strength, "max_sources": max_sources, "report_name": name, "num_devices": jax.device_count(),
+      "strength": strength, "source_guidance": source_guidance, "max_sources": max_sources, "report_name": name, "num_devices": jax.device_count(),
       "platform": jax.default_backend(), "jax_version": jax.__version__,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
   if write:

@@ -74,6 +74,10 @@ def main(argv):
       target_controls = {name: value for name, value in target_controls.items() if value}
       if isinstance(pipe, pipeline.Pipeline):
         target_controls["mbr"] = FLAGS.mbr
+        target_controls["source_guidance"] = FLAGS.source_guidance
+      elif FLAGS.source_guidance:
+        raise UserError("--source_guidance steers a conditional diffusion model; --workdir holds an "
+                        "autoregressive one")
       lines = pipe.generate(sources, per_source, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp,
                             **target_controls, **ar_options)
   elif FLAGS.edit is not None:
@@ -142,6 +146,8 @@ def run():
   flags.DEFINE_string("source", None, "A conditional workdir's source, e.g. an E2E MR \"name[The Eagle], food[French]\"; "
                       "--num_samples outputs (default 1).")
   flags.DEFINE_string("source_file", None, "One source per line; --num_samples outputs each (default 1), in order.")
+  flags.DEFINE_float("source_guidance", 0.0, "With --source: classifier-free guidance weight w (logits = c + "
+                     "w·(c − u)); needs a model trained with --config.data.source_dropout > 0.")
   flags.DEFINE_string("draft_workdir", None, "A conditional AR workdir drafts each output; with --strength this "
                       "(diffusion) workdir refines the drafts.")
   flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1); "
