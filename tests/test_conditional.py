@@ -345,6 +345,8 @@ def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpu
   assert_one_line_error(result, "trained without sources")
   result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--num_samples=2")
   assert_one_line_error(result, "give --source", "source_dropout")
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1", "--source_guidance=1")
+  assert_one_line_error(result, "source_guidance needs", "source_dropout=0.1")
   result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
                       f"--draft_workdir={workdirs['ar']}", "--strength=0.5", "--steps=10")
   assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]

@@ -174,3 +174,10 @@ def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
                            f"--plot={png}"], capture_output=True, text=True, check=True)
   assert "diffusion: multiplier to reach AR@1500 (judge ratio 1.50)" in result.stdout and "at_least" in result.stdout
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adaln_zero_is_refused_for_kinds_that_do_not_use_it():
+  from diffusion_lm import config_utils
+  from diffusion_lm.errors import ConfigError
+  with pytest.raises(ConfigError, match="time_conditioning=adaln_zero is for the diffusion denoiser"):
+    config_utils.validate(tiny_config(**{"model.kind": "autoregressive", "model.time_conditioning": "adaln_zero"}))
