@@ -10,7 +10,7 @@ budget reaches it, the multiplier is a lower bound (and a power-law extrapolatio
 points is printed, marked as such). With `--plot`, both panels go to a PNG.
 
 Example:
-  python benchmarks/kinds.py --workdirs=ar@500=runs/curve/ar_500,ar@1500=runs/curve/ar_1500,... \
+  python benchmarks/kinds.py --workdirs=ar@500=runs/curve/ar_500,ar@1500=runs/curve/ar_1500,diffusion@500=... \
       --judge_workdir=runs/kinds/e2e_ar --sample_steps=20,50,200 --infill_steps=0 --output=runs/curve/table.json
   python benchmarks/compute_curve.py --table=runs/curve/table.json --plot=benchmarks/compute_curve.png
 """
@@ -60,11 +60,17 @@ def crossing_multiplier(points: list[tuple[int, float]], target: float, referenc
 
 
 def curves(rows: list[dict], sample_steps: str) -> dict[str, list[dict]]:
-  """kind → points sorted by training steps: {steps, ratio, unigram_entropy, real_unigram_entropy, nll}."""
+  """series → points sorted by training steps: {steps, ratio, unigram_entropy, real_unigram_entropy, nll}.
+
+  A row named "SERIES@STEPS" (kinds.py's --workdirs=SERIES@STEPS=DIR) belongs to SERIES, so two
+  recipes of one kind are two curves; other rows are grouped by their kind. The autoregressive
+  series is the one whose rows are of the autoregressive kind.
+  """
   by_kind = {}
   for row in rows:
     figures = row["by_steps"]["AR" if row["kind"] == "autoregressive" else sample_steps]
-    by_kind.setdefault(row["kind"], []).append(
+    series = "autoregressive" if row["kind"] == "autoregressive" else row.get("name", row["kind"]).split("@")[0]
+    by_kind.setdefault(series, []).append(
         {"steps": row["train_steps"], "ratio": figures["ratio"], "unigram_entropy": figures["unigram_entropy"],
          "real_unigram_entropy": figures["real_unigram_entropy"], "nll": row["nll_nats_per_token"],
          "exact": row["exact"]})

@@ -163,16 +163,18 @@ def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
   short = curve.crossing_multiplier(points, target=4.0, reference_steps=1500)
   assert short["kind"] == "at_least" and short["multiplier"] == pytest.approx(5000 / 1500)
   assert short["extrapolated"] > 5000 / 1500
-  rows = [{"kind": kind, "train_steps": steps, "nll_nats_per_token": 2.0, "exact": kind == "autoregressive",
+  rows = [{"name": f"{name}@{steps}", "kind": kind, "train_steps": steps, "nll_nats_per_token": 2.0, "exact": kind == "autoregressive",
            "by_steps": {("AR" if kind == "autoregressive" else "200"): {
                "ratio": ratio, "unigram_entropy": 4.0, "real_unigram_entropy": 4.6}}}
-          for kind, series in (("autoregressive", [(500, 6.0), (1500, 1.5)]), ("diffusion", points))
+          for name, kind, series in (("ar", "autoregressive", [(500, 6.0), (1500, 1.5)]),
+                                     ("default", "diffusion", points), ("adaln", "diffusion", points[:2]))
           for steps, ratio in series]
   table, png = tmp_path / "table.json", tmp_path / "curve.png"
   table.write_text(json.dumps({"rows": rows}))
   result = subprocess.run([sys.executable, os.path.join(BENCHMARKS_DIR, "compute_curve.py"), f"--table={table}",
                            f"--plot={png}"], capture_output=True, text=True, check=True)
-  assert "diffusion: multiplier to reach AR@1500 (judge ratio 1.50)" in result.stdout and "at_least" in result.stdout
+  assert "default: multiplier to reach AR@1500 (judge ratio 1.50)" in result.stdout and "at_least" in result.stdout
+  assert "adaln: multiplier" in result.stdout  # Two recipes of one kind are two curves.
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
