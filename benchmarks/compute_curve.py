@@ -25,7 +25,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("table", None, "benchmarks/kinds.py's --output JSON.")
+flags.DEFINE_list("table", None, "benchmarks/kinds.py --output JSON files; their rows are pooled.")
 flags.DEFINE_integer("reference_steps", 1500, "The AR twin's budget whose quality diffusion has to reach.")
 flags.DEFINE_string("diffusion_sample_steps", "200", "Which sampling-step count of the diffusion rows the curve uses.")
 flags.DEFINE_string("plot", None, "Write the curve as a PNG here (needs matplotlib).")
@@ -102,9 +102,11 @@ def plot(curves_by_kind: dict[str, list[dict]], target: float, path: str) -> Non
 def main(argv):
   del argv
   if not FLAGS.table:
-    raise app.UsageError("give --table=JSON written by benchmarks/kinds.py --output")
-  with open(FLAGS.table) as f:
-    rows = json.load(f)["rows"]
+    raise app.UsageError("give --table=JSON[,JSON...] written by benchmarks/kinds.py --output")
+  rows = []
+  for path in FLAGS.table:
+    with open(path) as f:
+      rows += json.load(f)["rows"]
   curves_by_kind = curves(rows, FLAGS.diffusion_sample_steps)
   ar_points = {p["steps"]: p for p in curves_by_kind.get("autoregressive", [])}
   if FLAGS.reference_steps not in ar_points:

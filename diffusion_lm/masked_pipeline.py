@@ -32,8 +32,9 @@ class MaskedPipeline(Pipeline):
 
   cached = True
 
-  def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False):
-    del sampler, clamp
+  def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False,
+               source_guidance: float = 0.0):
+    del sampler, clamp, source_guidance  # Continuous settings; a masked model is never conditional.
     if trajectory:
       raise control.ControlError("trajectory() records continuous latents; a masked workdir has none")
     key = ("masked", num_samples, steps, float(self.config.sample.temperature), self.cached)
