@@ -79,6 +79,7 @@ def curves(rows: list[dict], sample_steps: str) -> dict[str, list[dict]]:
 
 def plot(curves_by_kind: dict[str, list[dict]], target: float, path: str) -> None:
   import matplotlib
+  import matplotlib.ticker
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   figure, (quality_axis, entropy_axis) = plt.subplots(1, 2, figsize=(10, 4))
@@ -92,7 +93,10 @@ def plot(curves_by_kind: dict[str, list[dict]], target: float, path: str) -> Non
   quality_axis.set(xscale="log", yscale="log", xlabel="training steps (equal compute per step)",
                    ylabel="judge perplexity ÷ real sentences'")
   entropy_axis.set(xscale="log", xlabel="training steps", ylabel="unigram entropy (nats)")
+  all_steps = sorted({p["steps"] for points in curves_by_kind.values() for p in points})
   for axis in (quality_axis, entropy_axis):
+    axis.set_xticks(all_steps, [str(s) for s in all_steps])
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.legend()
     axis.grid(alpha=0.3, which="both")
   figure.tight_layout()

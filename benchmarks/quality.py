@@ -38,7 +38,8 @@ SELFCOND_WARP = CATEGORICAL | SELFCOND | WARP
 FAST = SELFCOND_WARP | FAST_LR
 CHEAP = CATEGORICAL | WARP | FAST_LR
 DEFAULT = CHEAP | {"sample.clamp": True, "sample.temperature": 0.5}  # = configs/e2e.py before round two.
-CURRENT = DEFAULT | {"data.seq_len": 48, "sample.sampler": "renoise"}  # = configs/e2e.py now (tests/test_recipe.py).
+CURRENT = DEFAULT | {"data.seq_len": 48, "sample.sampler": "renoise",  # = configs/e2e.py now (tests/test_recipe.py);
+                     "train.num_steps": 3000}  # --steps sets the budget of every variant.
 VARIANTS = {
     "diffusion_lm": ({}, "Diffusion-LM: e2e loss, direct x0, sqrt schedule, d=16, clamping"),
     "cdcd": (CATEGORICAL, "categorical x0 + cross-entropy (CDCD), normalised d=32, no clamp"),

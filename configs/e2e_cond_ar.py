@@ -18,4 +18,5 @@ def get_config():
   config.data.conditional = True  # Same rows as configs/e2e_cond.py; loss on the reference only.
   config.data.source_dropout = 0.1  # As configs/e2e_cond.py.
   config.data.seq_len = 96  # As configs/e2e_cond.py.
+  config.train.num_steps = 1500  # As configs/e2e_cond.py.
   return config
