@@ -81,10 +81,9 @@ def test_pair_rows_and_source_mask():
     layout.layout_pair([40] * 4, [7], seq_len=6)
 
 
-def test_the_denoiser_never_sees_noise_at_source_positions():
-  """Training and the bound noise every position; the network's input holds E[w] at the source."""
-  from diffusion_lm.diffusion import objectives, schedules
-  from diffusion_lm.diffusion.model_fns import DenoiserFns, with_clean_positions
+def recording_denoiser(**fields):
+  """A position-wise stand-in denoiser (logits = z Eᵀ) that records every input it is given."""
+  from diffusion_lm.diffusion.model_fns import DenoiserFns
   table_VD = jax.random.normal(jax.random.key(0), (50, 4))
   seen = []
 
@@ -93,7 +92,15 @@ def test_the_denoiser_never_sees_noise_at_source_positions():
     logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
     return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD
   fns = DenoiserFns(embed=lambda tokens: table_VD[tokens], denoise=denoise, round_logits=None,
-                    embedding_table=table_VD, categorical=True)
+                    embedding_table=table_VD, categorical=True, **fields)
+  return fns, table_VD, seen
+
+
+def test_the_denoiser_never_sees_noise_at_source_positions():
+  """Training and the bound noise every position; the network's input holds E[w] at the source."""
+  from diffusion_lm.diffusion import objectives, schedules
+  from diffusion_lm.diffusion.model_fns import with_clean_positions
+  fns, table_VD, seen = recording_denoiser()
   tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11, 12], [20, 21], 10)] * 4))
   source_BL = layout.source_mask(tokens_BL)
   conditioned = with_clean_positions(fns, tokens_BL, source_BL)
@@ -158,17 +165,9 @@ def test_source_guidance_runs_the_unconditional_pass_on_the_shifted_row():
   """u sees the row as source dropout made it (BOS clean at 0, target shifted, PAD tail) and is
   shifted back: with a position-wise denoiser u equals c on the target, so guidance changes nothing there."""
   from diffusion_lm.diffusion import schedules
-  from diffusion_lm.diffusion.model_fns import DenoiserFns, with_clean_positions, with_source_guidance
-  table_VD = jax.random.normal(jax.random.key(0), (50, 4))
-  seen = []
-
-  def denoise(noisy_BLD, t_B, self_cond=None):
-    seen.append(noisy_BLD)
-    logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
-    return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD
+  from diffusion_lm.diffusion.model_fns import with_clean_positions, with_source_guidance
   log_snr = schedules.get_schedule("sqrt")
-  fns = DenoiserFns(embed=lambda tokens: table_VD[tokens], denoise=denoise, round_logits=None,
-                    embedding_table=table_VD, categorical=True, log_snr=lambda t, *_: log_snr(t))
+  fns, table_VD, seen = recording_denoiser(log_snr=lambda t, *_: log_snr(t))
   tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11, 12], [20, 21], 10),
                                     layout.layout_pair([13], [22, 23, 24], 10)]))
   clean_BL = layout.source_mask(tokens_BL)
