@@ -109,6 +109,8 @@ def main(argv):
     raise app.UsageError("give --table=JSON[,JSON...] written by benchmarks/kinds.py --output")
   rows = []
   for path in FLAGS.table:
+    if not os.path.isfile(path):
+      raise app.UsageError(f"--table: {path} does not exist; give the JSON that benchmarks/kinds.py --output wrote")
     with open(path) as f:
       rows += json.load(f)["rows"]
   curves_by_kind = curves(rows, FLAGS.diffusion_sample_steps)

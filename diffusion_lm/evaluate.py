@@ -51,6 +51,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if FLAGS.source_guidance and not FLAGS.generate:
+    raise UserError("--source_guidance applies to --generate (a conditional model's outputs for the test sources)")
   if FLAGS.generate:
     if FLAGS.strength is not None and not FLAGS.draft_workdir:
       raise UserError("--strength refines AR drafts: give --draft_workdir=AR_WORKDIR too")

@@ -40,6 +40,9 @@ def main(argv):
   sources = read_sources()
   if FLAGS.draft_workdir and sources is None:
     raise UserError("--draft_workdir drafts targets for sources: give --source or --source_file")
+  if FLAGS.source_guidance and (sources is None or FLAGS.draft_workdir):
+    raise UserError("--source_guidance steers a conditional model's targets towards their sources: give --source or "
+                    "--source_file, without --draft_workdir")
   pipe = pipeline.load(FLAGS.workdir, FLAGS.step)
   args = (FLAGS.num_samples, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp)
   ar_options = {}  # Autoregressive workdirs: KV-cached decoding (diffusion_lm/decoding.py).

@@ -257,6 +257,11 @@ def test_eval_binary_scores_the_target_given_the_source(workdirs):
   assert bound["nll_nats_per_token"] > ar["nll_nats_per_token"] - 3 * bound["stderr"]
   report = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False)
   assert report["num_sources"] <= 16 and report["bleu"] > 50, report
+  from diffusion_lm.errors import UserError
+  with pytest.raises(UserError, match="source_dropout"):  # Refused before any sampling.
+    evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, write=False, source_guidance=1.0)
+  with pytest.raises(UserError, match="does not apply to AR drafts or an autoregressive"):
+    evaluate.evaluate_generation(workdirs["ar"], "test", write=False, source_guidance=1.0)
 
 
 def test_two_devices_give_the_same_outputs_and_bound_as_one(workdirs):
@@ -346,6 +351,8 @@ def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpu
   assert_one_line_error(result, "give --source", "source_dropout")
   result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1", "--source_guidance=1")
   assert_one_line_error(result, "source_guidance needs", "source_dropout=0.1")
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source_guidance=1")
+  assert_one_line_error(result, "--source_guidance steers", "give --source")
   result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
                       f"--draft_workdir={workdirs['ar']}", "--strength=0.5", "--steps=10")
   assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
