@@ -15,7 +15,11 @@ from configs import e2e
 
 
 def get_config():
-  config = e2e.get_config()
+  return as_autoregressive(e2e.get_config())
+
+
+def as_autoregressive(config):
+  """The AR twin of a diffusion config: same data, backbone and steps; configs/ptb_ar.py uses it too."""
   config.model.kind = "autoregressive"  # Causal Transformer over token ids (models/autoregressive.py).
   config.model.tie_embeddings = True  # Output head = the input embedding table, as in GPT-2.
   config.train.num_samples = 0  # AR sampling (with a KV cache) is not part of the train loop.

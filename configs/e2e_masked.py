@@ -16,7 +16,11 @@ from configs import e2e
 
 
 def get_config():
-  config = e2e.get_config()
+  return as_masked(e2e.get_config())
+
+
+def as_masked(config):
+  """The masked twin of a diffusion config: same data, backbone and steps; configs/ptb_masked.py uses it too."""
   config.model.kind = "masked"  # MDLM over token ids (models/masked.py); the diffusion section is unused.
   config.train.learning_rate = 1e-3  # The AR twin's setting: both predict tokens with the same backbone.
   config.train.warmup_steps = 100  # As the AR twin.

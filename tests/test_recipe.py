@@ -78,7 +78,8 @@ def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
      "model.output_prior": True},
     {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
      "model.time_conditioning": "adaln_zero"},
-], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero"])
+    {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.embedding": "one_hot"},
+], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero", "cdcd_one_hot"])
 def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   config = tiny_config(**{"train.num_steps": 60, "train.warmup_steps": 5, "train.learning_rate": 3e-3, **overrides})
   model, optimizer, state = _model_and_params(config)
@@ -93,12 +94,14 @@ def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "e2e_masked", "bench", "lm1b_pod", "tiny"])
+@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "e2e_masked", "ptb", "ptb_ar", "ptb_masked", "bench",
+                                  "lm1b_pod", "tiny"])
 def test_shipped_configs_validate(name):
   # The README main job and the benchmarks start from these; a bad default would only show there.
   import importlib
   from diffusion_lm import config_utils
-  config_utils.validate(importlib.import_module(f"configs.{name}").get_config())
+  arguments = ["/data/ptb"] if name.startswith("ptb") else []  # PTB is never bundled: its configs take a directory.
+  config_utils.validate(importlib.import_module(f"configs.{name}").get_config(*arguments))
 
 
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -178,8 +181,33 @@ def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_adaln_zero_is_refused_for_kinds_that_do_not_use_it():
+def test_adaln_zero_and_one_hot_are_refused_for_kinds_that_do_not_use_them():
   from diffusion_lm import config_utils
   from diffusion_lm.errors import ConfigError
   with pytest.raises(ConfigError, match="time_conditioning=adaln_zero is for the diffusion denoiser"):
     config_utils.validate(tiny_config(**{"model.kind": "autoregressive", "model.time_conditioning": "adaln_zero"}))
+  with pytest.raises(ConfigError, match="embedding=one_hot is for the diffusion denoiser"):
+    config_utils.validate(tiny_config(**{"model.kind": "masked", "model.embedding": "one_hot"}))
+
+
+def test_one_hot_embeddings_are_fixed_scaled_one_hots_and_x0_is_the_scaled_softmax():
+  from diffusion_lm import flops
+  vocab_size = 30
+  config = tiny_config(**{"diffusion.objective": "cdcd", "model.parameterization": "categorical",
+                          "model.embedding": "one_hot"})
+  model, _, state = _model_and_params(config, vocab_size)
+  assert "embedding" not in state["params"], "one-hot rows are fixed, not trained"
+  fns = bind_denoiser(model, state["params"])
+  tokens = jnp.array([[3, 7, 0, 29]])
+  clean = np.asarray(fns.embed(tokens))
+  assert clean.shape == (1, 4, vocab_size)
+  np.testing.assert_allclose(clean, np.sqrt(vocab_size) * np.eye(vocab_size)[np.asarray(tokens)])
+  np.testing.assert_allclose(fns.embedding_table, np.sqrt(vocab_size) * np.eye(vocab_size))
+  noisy = jax.random.normal(jax.random.key(1), (1, 4, vocab_size))
+  logits, x0 = fns.denoise(noisy, jnp.full((1,), 0.5), None)
+  np.testing.assert_allclose(x0, np.sqrt(vocab_size) * jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-6)
+  learned = tiny_config(**{"diffusion.objective": "cdcd", "model.parameterization": "categorical"})
+  # The input projection reads V coordinates per position instead of embed_dim.
+  difference = (flops.denoiser_forward_flops(config.model, 4, vocab_size, True, False)
+                - flops.denoiser_forward_flops(learned.model, 4, vocab_size, True, False))
+  assert difference == 2 * 4 * (vocab_size - learned.model.embed_dim) * learned.model.d_model
