@@ -16,7 +16,9 @@ Protocol (Li et al. 2022, §7, adapted where stated):
   - Infilling: the first reference of `--num_infill` test MRs; its middle third of words is
     blanked (the same number of one-word blanks, so the length is known) and filled; corpus
     BLEU-4 against all references of that MR, for one sample and for MBR over `--mbr`
-    candidates. Diffusion-LM's infilling numbers are on ROCStories, not comparable.
+    candidates. Diffusion-LM's infilling numbers are on ROCStories, not comparable. A workdir
+    trained on another corpus (PTB through text_files) infills its test sentences, each its
+    own single reference; the semantic section needs E2E.
   - Editing: `--num_edit` test references re-noised to strength s and denoised; survival = the
     fraction of the draft's words kept (in order, difflib matching).
   - Fluency: the AR judge's perplexity (`--judge_workdir`, diffusion_lm.evaluate) if given, and
@@ -42,6 +44,7 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from diffusion_lm import control, pipeline, scoring, text_metrics, workdir as workdir_lib  # noqa: E402
+from diffusion_lm.data import datasets  # noqa: E402
 from diffusion_lm.diffusion import guidance as guidance_lib  # noqa: E402
 from diffusion_lm.semantic_classifier import SemanticClassifier, e2e_pairs, parse_mr  # noqa: E402
 
@@ -175,6 +178,9 @@ def infill(pipe, test_refs, test_mrs, known_bigrams, judge):
       continue  # A context word outside the model's vocabulary: the template cannot pin it.
     contexts.append(" ".join(left + right))
     references.append(by_mr[mr])
+  if not plans:
+    raise app.UsageError("no infilling template could be built: every chosen test text holds a word outside the "
+                         "model's vocabulary (train with a larger --config.data.vocab_size)")
   result = {"num_examples": len(plans),
             "context_only_bleu": round(100 * text_metrics.corpus_bleu(contexts, references), 2)}
   for name, mbr in (("sample", None), (f"mbr{FLAGS.mbr}", FLAGS.mbr or None)):
@@ -221,8 +227,12 @@ def main(argv):
   # Only guidance needs the classifier (a masked workdir has none): --sections=length,infill,editing.
   classifier = SemanticClassifier.load(FLAGS.workdir) if "semantic" in FLAGS.sections else None
   judge = workdir_lib.load_checkpoint(FLAGS.judge_workdir) if FLAGS.judge_workdir else None
-  train_refs, _ = e2e_pairs(pipe.config.data, "train")
-  test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)
+  if pipe.config.data.name == "e2e":
+    train_refs, _ = e2e_pairs(pipe.config.data, "train")
+    test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)
+  else:  # Another corpus: every sentence is its own reference (and its own "MR" group).
+    train_refs = datasets.load_texts(pipe.config.data, "train")
+    test_refs = test_mrs = datasets.load_texts(pipe.config.data, FLAGS.split)
   known_bigrams = text_metrics.bigram_set(train_refs)
   sections = {
       "semantic": lambda: semantic(pipe, classifier, test_refs, test_mrs, known_bigrams, judge),

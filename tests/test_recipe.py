@@ -206,6 +206,12 @@ def test_one_hot_embeddings_are_fixed_scaled_one_hots_and_x0_is_the_scaled_softm
   noisy = jax.random.normal(jax.random.key(1), (1, 4, vocab_size))
   logits, x0 = fns.denoise(noisy, jnp.full((1,), 0.5), None)
   np.testing.assert_allclose(x0, np.sqrt(vocab_size) * jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-6)
+  # The samplers' shortcuts (scalings and an argmax instead of V×V products) agree with the table.
+  from diffusion_lm.diffusion.model_fns import expected_embedding
+  probs = jax.nn.softmax(logits, axis=-1)
+  np.testing.assert_allclose(expected_embedding(fns, probs), probs @ fns.embedding_table, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(samplers.clamp_to_embeddings(noisy, fns.embedding_table, one_hot=True),
+                                samplers.clamp_to_embeddings(noisy, fns.embedding_table))
   learned = tiny_config(**{"diffusion.objective": "cdcd", "model.parameterization": "categorical"})
   # The input projection reads V coordinates per position instead of embed_dim.
   difference = (flops.denoiser_forward_flops(config.model, 4, vocab_size, True, False)
