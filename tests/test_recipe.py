@@ -201,11 +201,11 @@ def test_one_hot_embeddings_are_fixed_scaled_one_hots_and_x0_is_the_scaled_softm
   tokens = jnp.array([[3, 7, 0, 29]])
   clean = np.asarray(fns.embed(tokens))
   assert clean.shape == (1, 4, vocab_size)
-  np.testing.assert_allclose(clean, np.sqrt(vocab_size) * np.eye(vocab_size)[np.asarray(tokens)])
-  np.testing.assert_allclose(fns.embedding_table, np.sqrt(vocab_size) * np.eye(vocab_size))
+  np.testing.assert_allclose(clean, np.sqrt(config.model.embed_dim) * np.eye(vocab_size)[np.asarray(tokens)])
+  np.testing.assert_allclose(fns.embedding_table, np.sqrt(config.model.embed_dim) * np.eye(vocab_size))
   noisy = jax.random.normal(jax.random.key(1), (1, 4, vocab_size))
   logits, x0 = fns.denoise(noisy, jnp.full((1,), 0.5), None)
-  np.testing.assert_allclose(x0, np.sqrt(vocab_size) * jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(x0, np.sqrt(config.model.embed_dim) * jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-6)
   # The samplers' shortcuts (scalings and an argmax instead of V×V products) agree with the table.
   from diffusion_lm.diffusion.model_fns import expected_embedding
   probs = jax.nn.softmax(logits, axis=-1)

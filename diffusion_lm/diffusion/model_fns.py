@@ -25,7 +25,7 @@ class DenoiserFns:
   embedding_table: jax.Array  # E [V, d] as the model uses it (normalised if configured), for clamping
   self_conditioning: bool = False
   categorical: bool = False  # x̂0 = softmax(logits) E, so a score temperature can re-derive it
-  one_hot: bool = False  # E = √V·I (model.embedding=one_hot): products with E are scalings.
+  one_hot_norm: float = 0.0  # E = one_hot_norm·I (model.embedding=one_hot): products with E are scalings; 0: learned.
   # (t, freeze_interior=False, freeze_endpoints=False) → γ(t); has parameters when learned.
   log_snr: Callable[..., jax.Array] | None = None
 
@@ -43,7 +43,7 @@ def bind_denoiser(model, params, dropout_rng: jax.Array | None = None) -> Denois
       embedding_table=model.apply(variables, method=model.table),
       self_conditioning=model.self_conditioning,
       categorical=model.parameterization == "categorical",
-      one_hot=model.embedding == "one_hot",
+      one_hot_norm=model.one_hot_norm if model.embedding == "one_hot" else 0.0,
       log_snr=lambda t, freeze_interior=False, freeze_endpoints=False: model.apply(
           variables, t, freeze_interior, freeze_endpoints, method=model.log_snr),
   )
@@ -55,8 +55,8 @@ def expected_embedding(fns: DenoiserFns, probs_BLV: jax.Array) -> jax.Array:
   Example:
     >>> x0_BLD = expected_embedding(fns, jax.nn.softmax(logits_BLV / 0.5, axis=-1))
   """
-  if fns.one_hot:
-    return jnp.sqrt(float(probs_BLV.shape[-1])) * probs_BLV
+  if fns.one_hot_norm:
+    return fns.one_hot_norm * probs_BLV
   return probs_BLV @ fns.embedding_table
 
 

@@ -43,7 +43,7 @@ def clamp_to_embeddings(x_BLD: jax.Array, embedding_VD: jax.Array, banned_BLV: j
                         one_hot: bool = False) -> jax.Array:
   """Replaces each vector by its nearest (L2) row of the embedding table (skipping banned rows).
 
-  `one_hot`: the table is √V·I, so the nearest row is the largest coordinate's (no V×V product).
+  `one_hot`: the table is a multiple of I, so the nearest row is the largest coordinate's (no V×V product).
   """
   # argmin ‖x − e‖² = argmax (2 x·e − ‖e‖²): no [B, L, V, d] intermediate.
   scores_BLV = x_BLD if one_hot else 2.0 * jnp.einsum("bld,vd->blv", x_BLD, embedding_VD) - jnp.sum(embedding_VD ** 2, -1)
@@ -132,7 +132,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
         draw_logits_BLV = jnp.where(banned_BLV, -jnp.inf, draw_logits_BLV)
       x0_BLD = embedding_VD[jax.random.categorical(draw_rng, draw_logits_BLV, axis=-1)]
     if clamp:
-      x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV, fns.one_hot)
+      x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV, bool(fns.one_hot_norm))
     x0_BLD = impose_anchors(x0_BLD)
     if guidance is None:
       noisy_BLD = step_fn(noisy_BLD, x0_BLD, log_snr_fn(t), log_snr_fn(s), step_rng)

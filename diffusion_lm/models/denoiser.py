@@ -35,9 +35,9 @@ PARAMETERIZATIONS = ("direct", "categorical")  # What the network outputs (see t
 # modulates every block by it (DiT's adaLN-zero, as in MDLM and Duo) through a time vector of
 # width d_model // 4, so the modulation adds ~10 % parameters rather than ~40 %.
 TIME_CONDITIONINGS = ("input", "adaln_zero")
-# The diffused space: "learned" rows of width embed_dim, or "one_hot" rows √V·e_w (d = V, nothing
-# to learn, tokens equidistant: FLM and Duo diffuse one-hot vectors; √V keeps, as normalised
-# embeddings do, one unit of signal per coordinate on average).
+# The diffused space: "learned" rows of width embed_dim, or "one_hot" rows √embed_dim·e_w (d = V,
+# nothing to learn, tokens orthogonal: FLM and Duo diffuse one-hot vectors). The norm √embed_dim is
+# the normalised learned rows': the same signal per token at every t, so the schedule means the same.
 EMBEDDINGS = ("learned", "one_hot")
 
 
@@ -72,6 +72,7 @@ class Denoiser(nn.Module):
   output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
   time_conditioning: str = "input"  # TIME_CONDITIONINGS.
   embedding: str = "learned"  # EMBEDDINGS; "one_hot" needs embed_dim == vocab_size.
+  one_hot_norm: float = 1.0  # "one_hot": the rows' norm.
 
   def setup(self):
     if self.embedding == "one_hot" and self.embed_dim != self.vocab_size:
@@ -108,7 +109,7 @@ class Denoiser(nn.Module):
   def table(self) -> jax.Array:
     """The embedding table E, with rows rescaled to norm √d when `normalize_embeddings` (CDCD)."""
     if self.embedding == "one_hot":
-      return jnp.sqrt(float(self.vocab_size)) * jnp.eye(self.vocab_size)
+      return self.one_hot_norm * jnp.eye(self.vocab_size)
     if not self.normalize_embeddings:
       return self.embedding_VD
     norms_V1 = jnp.linalg.norm(self.embedding_VD, axis=-1, keepdims=True)
@@ -117,13 +118,13 @@ class Denoiser(nn.Module):
   def embed(self, tokens_BL: jax.Array) -> jax.Array:
     """Clean embeddings x = E[w]."""
     if self.embedding == "one_hot":
-      return jnp.sqrt(float(self.vocab_size)) * jax.nn.one_hot(tokens_BL, self.vocab_size)
+      return self.one_hot_norm * jax.nn.one_hot(tokens_BL, self.vocab_size)
     return jnp.take(self.table(), tokens_BL, axis=0)
 
   def expected_embedding(self, probs_BLV: jax.Array) -> jax.Array:
     """Σ_w p(w) E[w]: the categorical x̂0 (for one-hot rows a scaling, not a V×V product)."""
     if self.embedding == "one_hot":
-      return jnp.sqrt(float(self.vocab_size)) * probs_BLV
+      return self.one_hot_norm * probs_BLV
     return probs_BLV @ self.table()
 
   def round_logits(self, x_BLD: jax.Array) -> jax.Array:
@@ -180,4 +181,4 @@ def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: 
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
       time_conditioning=model_config.get("time_conditioning", "input"),
-      embedding=model_config.get("embedding", "learned"))
+      embedding=model_config.get("embedding", "learned"), one_hot_norm=float(model_config.embed_dim) ** 0.5)
