@@ -44,8 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
   #                                    predict logits, x0 = softmax(logits) E (Plaid / CDCD).
   model.self_conditioning = False  # Feed the previous x0 estimate back as an extra input.
   model.normalize_embeddings = False  # Rescale embedding rows to norm √d (CDCD); else free.
-  model.embedding = "learned"  # Diffusion: "learned" table of width embed_dim, or "one_hot": fixed rows
-  #                               √embed_dim·e_w, so z_t is vocabulary-wide and nothing is learned (FLM, Duo).
   model.dtype = "float32"  # Compute dtype ("bfloat16" on GPU/TPU); params stay float32.
   model.remat = False  # Recompute block activations in the backward pass (large models).
   model.attention = "auto"  # jax.nn.dot_product_attention implementation: "auto" (jax's choice,

@@ -27,7 +27,6 @@ CHOICES = {
     "model.kind": tuple(kinds.KINDS),
     "model.parameterization": denoiser.PARAMETERIZATIONS,
     "model.time_conditioning": denoiser.TIME_CONDITIONINGS,
-    "model.embedding": denoiser.EMBEDDINGS,
     "model.dtype": transformer.COMPUTE_DTYPES,
     "model.attention": tuple(transformer.ATTENTION_IMPLEMENTATIONS),
     "diffusion.schedule": (*schedules.SCHEDULES, "learned"),
@@ -53,7 +52,7 @@ RANGES = (
 SHAPE_FIELDS = ("data.seq_len", "data.conditional", "data.tokenizer", "data.vocab_size", "model.kind", "model.embed_dim",
                 "model.d_model", "model.num_layers", "model.num_heads", "model.mlp_dim",
                 "model.parameterization", "model.self_conditioning", "model.tie_embeddings", "diffusion.time_warping",
-                "diffusion.time_warp_bins", "model.time_conditioning", "model.embedding")
+                "diffusion.time_warp_bins", "model.time_conditioning")
 
 
 def get_field(config, dotted: str):
@@ -107,9 +106,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.time_conditioning != "input" and config.model.kind != "diffusion":
     raise ConfigError(f"--config.model.time_conditioning={config.model.time_conditioning} is for the diffusion "
                       f"denoiser; the {config.model.kind} kind does not use it (leave it at input)")
-  if config.model.embedding != "learned" and config.model.kind != "diffusion":
-    raise ConfigError(f"--config.model.embedding={config.model.embedding} is for the diffusion denoiser; the "
-                      f"{config.model.kind} kind learns its own token embeddings (leave it at learned)")
   if config.data.conditional and config.data.mode != "pad":
     raise ConfigError("--config.data.conditional=True needs --config.data.mode=pad (one source and target per row)")
   if config.data.conditional and not kinds.get(config.model.kind).conditional:

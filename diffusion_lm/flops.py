@@ -32,8 +32,6 @@ Example:
 
 import ml_collections
 
-from diffusion_lm.models import denoiser
-
 
 def block_forward_flops(length: int, d_model: int, mlp_dim: int) -> int:
   """Forward FLOPs of one Transformer block on one sequence of `length` tokens."""
@@ -51,13 +49,12 @@ def backbone_forward_flops(model_config: ml_collections.ConfigDict, length: int)
 def denoiser_forward_flops(model_config: ml_collections.ConfigDict, length: int, vocab_size: int,
                            uses_logits: bool, uses_x0: bool) -> int:
   """Forward FLOPs of one denoiser pass on one sequence, counting the heads whose outputs are used."""
-  d_model, embed_dim = model_config.d_model, denoiser.diffused_width(model_config, vocab_size)
-  one_hot = model_config.get("embedding", "learned") == "one_hot"  # E = √V·I: products with E are scalings.
+  d_model, embed_dim = model_config.d_model, model_config.embed_dim
   input_dim = 2 * embed_dim if model_config.self_conditioning else embed_dim
   flops = 2 * length * input_dim * d_model + 4 * d_model * d_model + backbone_forward_flops(model_config, length)
   if model_config.parameterization == "categorical":
     flops += 2 * length * d_model * vocab_size  # Logits are the output; x̂0 = softmax(logits) E.
-    if uses_x0 and not one_hot:
+    if uses_x0:
       flops += 2 * length * vocab_size * embed_dim
   else:
     flops += 2 * length * d_model * embed_dim  # x̂0 is the output; logits = x̂0 Eᵀ + b.
@@ -84,6 +81,6 @@ def sampling_step_flops(config: ml_collections.ConfigDict, vocab_size: int, batc
   Example:
     >>> sampling_step_flops(config, vocab_size=1000, batch_size=64)
   """
-  length, embed_dim = config.data.seq_len, denoiser.diffused_width(config.model, vocab_size)
+  length, embed_dim = config.data.seq_len, config.model.embed_dim
   clamp = 2 * length * embed_dim * vocab_size if config.sample.clamp else 0
   return batch_size * (denoiser_forward_flops(config.model, length, vocab_size, False, True) + clamp)

@@ -78,8 +78,7 @@ def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
      "model.output_prior": True},
     {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
      "model.time_conditioning": "adaln_zero"},
-    {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.embedding": "one_hot"},
-], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero", "cdcd_one_hot"])
+], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero"])
 def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   config = tiny_config(**{"train.num_steps": 60, "train.warmup_steps": 5, "train.learning_rate": 3e-3, **overrides})
   model, optimizer, state = _model_and_params(config)
@@ -102,6 +101,17 @@ def test_shipped_configs_validate(name):
   from diffusion_lm import config_utils
   arguments = ["/data/ptb"] if name.startswith("ptb") else []  # PTB is never bundled: its configs take a directory.
   config_utils.validate(importlib.import_module(f"configs.{name}").get_config(*arguments))
+
+
+def test_ptb_configs_are_the_e2e_configs_on_ptb_data():
+  # One recipe on two corpora: only the data section and the step budget may differ.
+  from configs import e2e, e2e_ar, e2e_masked, ptb, ptb_ar, ptb_masked
+  for on_e2e, on_ptb in ((e2e, ptb), (e2e_ar, ptb_ar), (e2e_masked, ptb_masked)):
+    expected, got = on_e2e.get_config(), on_ptb.get_config("/data/ptb")
+    for section in ("model", "diffusion", "sample"):
+      assert got[section].to_dict() == expected[section].to_dict(), (on_ptb.__name__, section)
+    assert {**got.train.to_dict(), "num_steps": 0} == {**expected.train.to_dict(), "num_steps": 0}, on_ptb.__name__
+    assert got.data.train_files == "/data/ptb/ptb.train.txt"
 
 
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -181,39 +191,8 @@ def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_adaln_zero_and_one_hot_are_refused_for_kinds_that_do_not_use_them():
+def test_adaln_zero_is_refused_for_kinds_that_do_not_use_it():
   from diffusion_lm import config_utils
   from diffusion_lm.errors import ConfigError
   with pytest.raises(ConfigError, match="time_conditioning=adaln_zero is for the diffusion denoiser"):
     config_utils.validate(tiny_config(**{"model.kind": "autoregressive", "model.time_conditioning": "adaln_zero"}))
-  with pytest.raises(ConfigError, match="embedding=one_hot is for the diffusion denoiser"):
-    config_utils.validate(tiny_config(**{"model.kind": "masked", "model.embedding": "one_hot"}))
-
-
-def test_one_hot_embeddings_are_fixed_scaled_one_hots_and_x0_is_the_scaled_softmax():
-  from diffusion_lm import flops
-  vocab_size = 30
-  config = tiny_config(**{"diffusion.objective": "cdcd", "model.parameterization": "categorical",
-                          "model.embedding": "one_hot"})
-  model, _, state = _model_and_params(config, vocab_size)
-  assert "embedding" not in state["params"], "one-hot rows are fixed, not trained"
-  fns = bind_denoiser(model, state["params"])
-  tokens = jnp.array([[3, 7, 0, 29]])
-  clean = np.asarray(fns.embed(tokens))
-  assert clean.shape == (1, 4, vocab_size)
-  np.testing.assert_allclose(clean, np.sqrt(config.model.embed_dim) * np.eye(vocab_size)[np.asarray(tokens)])
-  np.testing.assert_allclose(fns.embedding_table, np.sqrt(config.model.embed_dim) * np.eye(vocab_size))
-  noisy = jax.random.normal(jax.random.key(1), (1, 4, vocab_size))
-  logits, x0 = fns.denoise(noisy, jnp.full((1,), 0.5), None)
-  np.testing.assert_allclose(x0, np.sqrt(config.model.embed_dim) * jax.nn.softmax(logits, axis=-1), rtol=1e-5, atol=1e-6)
-  # The samplers' shortcuts (scalings and an argmax instead of V×V products) agree with the table.
-  from diffusion_lm.diffusion.model_fns import expected_embedding
-  probs = jax.nn.softmax(logits, axis=-1)
-  np.testing.assert_allclose(expected_embedding(fns, probs), probs @ fns.embedding_table, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(samplers.clamp_to_embeddings(noisy, fns.embedding_table, one_hot=True),
-                                samplers.clamp_to_embeddings(noisy, fns.embedding_table))
-  learned = tiny_config(**{"diffusion.objective": "cdcd", "model.parameterization": "categorical"})
-  # The input projection reads V coordinates per position instead of embed_dim.
-  difference = (flops.denoiser_forward_flops(config.model, 4, vocab_size, True, False)
-                - flops.denoiser_forward_flops(learned.model, 4, vocab_size, True, False))
-  assert difference == 2 * 4 * (vocab_size - learned.model.embed_dim) * learned.model.d_model

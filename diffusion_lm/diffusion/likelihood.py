@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from diffusion_lm.diffusion.model_fns import DenoiserFns, expected_embedding
+from diffusion_lm.diffusion.model_fns import DenoiserFns
 from diffusion_lm.diffusion.process import LogSnrFn, diffuse, marginal_fn
 
 TERMS = ("prior", "diffusion", "reconstruction")
@@ -146,7 +146,7 @@ def _clean_estimate(fns: DenoiserFns, noisy_BLD, t_B, x0_estimate: str = "networ
   self_cond_BLD = fns.denoise(noisy_BLD, t_B, None)[1] if fns.self_conditioning else None
   logits_BLV, x0_BLD = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
   if x0_estimate == "rounding":
-    x0_BLD = expected_embedding(fns, jax.nn.softmax(logits_BLV.astype(jnp.float32), axis=-1))
+    x0_BLD = jax.nn.softmax(logits_BLV.astype(jnp.float32), axis=-1) @ fns.embedding_table
   return logits_BLV, x0_BLD
 
 

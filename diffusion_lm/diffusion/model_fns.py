@@ -25,7 +25,6 @@ class DenoiserFns:
   embedding_table: jax.Array  # E [V, d] as the model uses it (normalised if configured), for clamping
   self_conditioning: bool = False
   categorical: bool = False  # x̂0 = softmax(logits) E, so a score temperature can re-derive it
-  one_hot_norm: float = 0.0  # E = one_hot_norm·I (model.embedding=one_hot): products with E are scalings; 0: learned.
   # (t, freeze_interior=False, freeze_endpoints=False) → γ(t); has parameters when learned.
   log_snr: Callable[..., jax.Array] | None = None
 
@@ -43,21 +42,9 @@ def bind_denoiser(model, params, dropout_rng: jax.Array | None = None) -> Denois
       embedding_table=model.apply(variables, method=model.table),
       self_conditioning=model.self_conditioning,
       categorical=model.parameterization == "categorical",
-      one_hot_norm=model.one_hot_norm if model.embedding == "one_hot" else 0.0,
       log_snr=lambda t, freeze_interior=False, freeze_endpoints=False: model.apply(
           variables, t, freeze_interior, freeze_endpoints, method=model.log_snr),
   )
-
-
-def expected_embedding(fns: DenoiserFns, probs_BLV: jax.Array) -> jax.Array:
-  """Σ_w p(w) E[w], the categorical x̂0; a scaling instead of a V×V product for one-hot rows.
-
-  Example:
-    >>> x0_BLD = expected_embedding(fns, jax.nn.softmax(logits_BLV / 0.5, axis=-1))
-  """
-  if fns.one_hot_norm:
-    return fns.one_hot_norm * probs_BLV
-  return probs_BLV @ fns.embedding_table
 
 
 def with_clean_positions(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.Array) -> DenoiserFns:
@@ -117,5 +104,5 @@ def with_source_guidance(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
     unconditional_logits_BLV = gather(unconditional.denoise(unconditional_BLD, t_B, self_cond)[0], back_BL)
     guided_BLV = logits_BLV + weight * (logits_BLV - unconditional_logits_BLV)
     guided_BLV = jnp.where(clean_BL[..., None], logits_BLV, guided_BLV)  # The source stays the conditional's.
-    return guided_BLV, expected_embedding(fns, jax.nn.softmax(guided_BLV, axis=-1))
+    return guided_BLV, jax.nn.softmax(guided_BLV, axis=-1) @ fns.embedding_table
   return dataclasses.replace(fns, denoise=denoise)

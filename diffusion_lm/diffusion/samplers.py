@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_lm.diffusion import time_warping
-from diffusion_lm.diffusion.model_fns import DenoiserFns, expected_embedding
+from diffusion_lm.diffusion.model_fns import DenoiserFns
 from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse, posterior_mean_std
 
 
@@ -39,14 +39,10 @@ class Anchors:
     return self.words_only[..., None] & banned_V
 
 
-def clamp_to_embeddings(x_BLD: jax.Array, embedding_VD: jax.Array, banned_BLV: jax.Array | None = None,
-                        one_hot: bool = False) -> jax.Array:
-  """Replaces each vector by its nearest (L2) row of the embedding table (skipping banned rows).
-
-  `one_hot`: the table is a multiple of I, so the nearest row is the largest coordinate's (no V×V product).
-  """
+def clamp_to_embeddings(x_BLD: jax.Array, embedding_VD: jax.Array, banned_BLV: jax.Array | None = None) -> jax.Array:
+  """Replaces each vector by its nearest (L2) row of the embedding table (skipping banned rows)."""
   # argmin ‖x − e‖² = argmax (2 x·e − ‖e‖²): no [B, L, V, d] intermediate.
-  scores_BLV = x_BLD if one_hot else 2.0 * jnp.einsum("bld,vd->blv", x_BLD, embedding_VD) - jnp.sum(embedding_VD ** 2, -1)
+  scores_BLV = 2.0 * jnp.einsum("bld,vd->blv", x_BLD, embedding_VD) - jnp.sum(embedding_VD ** 2, -1)
   if banned_BLV is not None:
     scores_BLV = jnp.where(banned_BLV, -jnp.inf, scores_BLV)
   return jnp.take(embedding_VD, jnp.argmax(scores_BLV, axis=-1), axis=0)
@@ -124,7 +120,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
     t_B = jnp.full((batch_size,), t)
     logits_BLV, x0_BLD = fns.denoise(noisy_BLD, t_B, previous_x0_BLD if fns.self_conditioning else None)
     if fns.categorical and temperature != 1.0:
-      x0_BLD = expected_embedding(fns, jax.nn.softmax(logits_BLV / temperature, axis=-1))
+      x0_BLD = jax.nn.softmax(logits_BLV / temperature, axis=-1) @ embedding_VD
     if draw_tokens:
       draw_rng, step_rng = jax.random.split(step_rng)
       draw_logits_BLV = logits_BLV.astype(jnp.float32) / temperature
@@ -132,7 +128,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
         draw_logits_BLV = jnp.where(banned_BLV, -jnp.inf, draw_logits_BLV)
       x0_BLD = embedding_VD[jax.random.categorical(draw_rng, draw_logits_BLV, axis=-1)]
     if clamp:
-      x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV, bool(fns.one_hot_norm))
+      x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV)
     x0_BLD = impose_anchors(x0_BLD)
     if guidance is None:
       noisy_BLD = step_fn(noisy_BLD, x0_BLD, log_snr_fn(t), log_snr_fn(s), step_rng)

@@ -14,7 +14,7 @@ from diffusion_lm.data.layout import source_mask
 from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
 from diffusion_lm.diffusion_pipeline import Pipeline
 from diffusion_lm.kinds.base import ModelKind
-from diffusion_lm.models.denoiser import Denoiser, denoiser_from_config, diffused_width
+from diffusion_lm.models.denoiser import Denoiser, denoiser_from_config
 
 TIME_WARP_DECAY = 0.99  # EMA decay of the per-bin loss profile behind time warping.
 
@@ -24,7 +24,7 @@ def build_model(config, vocab_size: int) -> Denoiser:
 
 
 def init_variables(model, config, rng):
-  noisy = jnp.zeros((1, config.data.seq_len, model.embed_dim))
+  noisy = jnp.zeros((1, config.data.seq_len, config.model.embed_dim))
   return model.init(rng, noisy, jnp.zeros((1,)), noisy if config.model.self_conditioning else None)
 
 
@@ -78,7 +78,7 @@ def train_step_flops(config, vocab_size: int) -> int:
   objective = config.diffusion.objective
   pass_flops = lambda logits, x0: flops.denoiser_forward_flops(model_config, length, vocab_size, logits, x0)
   if objective == "e2e":
-    trained = pass_flops(False, True) + 2 * length * diffused_width(model_config, vocab_size) * vocab_size  # + rounding head on x0
+    trained = pass_flops(False, True) + 2 * length * model_config.embed_dim * vocab_size  # + rounding head on x0
   elif objective == "cdcd":
     trained = pass_flops(True, False)
   else:  # vlb: x̂0 at t and logits at t = 0.

@@ -1,7 +1,7 @@
 """The diffusion denoiser f_θ(z_t, t, [x̂0_prev]) → (logits, x̂0).
 
-It owns the token embedding table E ∈ R^{V×d} (the diffused space): learned, or fixed one-hot
-rows (d = V) and two output parameterisations:
+It owns the learned token embedding table E ∈ R^{V×d} (the diffused space) and two output
+parameterisations:
   - "direct" (Diffusion-LM): predict x̂0 ∈ R^{L×d}; logits = x̂0 Eᵀ + b (tied rounding head).
   - "categorical" (Plaid / CDCD): predict logits; x̂0 = softmax(logits) E.
 
@@ -35,20 +35,6 @@ PARAMETERIZATIONS = ("direct", "categorical")  # What the network outputs (see t
 # modulates every block by it (DiT's adaLN-zero, as in MDLM and Duo) through a time vector of
 # width d_model // 4, so the modulation adds ~10 % parameters rather than ~40 %.
 TIME_CONDITIONINGS = ("input", "adaln_zero")
-# The diffused space: "learned" rows of width embed_dim, or "one_hot" rows √embed_dim·e_w (d = V,
-# nothing to learn, tokens orthogonal: FLM and Duo diffuse one-hot vectors). The norm √embed_dim is
-# the normalised learned rows': the same signal per token at every t, so the schedule means the same.
-EMBEDDINGS = ("learned", "one_hot")
-
-
-def diffused_width(model_config, vocab_size: int) -> int:
-  """d, the width of z_t: the vocabulary for one-hot embeddings, else `model.embed_dim`.
-
-  Example:
-    >>> diffused_width(configs.e2e.get_config().model, vocab_size=1000)
-    32
-  """
-  return vocab_size if model_config.get("embedding", "learned") == "one_hot" else model_config.embed_dim
 
 
 class Denoiser(nn.Module):
@@ -71,14 +57,10 @@ class Denoiser(nn.Module):
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
   output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
   time_conditioning: str = "input"  # TIME_CONDITIONINGS.
-  embedding: str = "learned"  # EMBEDDINGS; "one_hot" needs embed_dim == vocab_size.
-  one_hot_norm: float = 1.0  # "one_hot": the rows' norm.
 
   def setup(self):
-    if self.embedding == "one_hot" and self.embed_dim != self.vocab_size:
-      raise ValueError(f"one-hot embeddings are vocab_size={self.vocab_size} wide, not embed_dim={self.embed_dim}")
     # N(0, 1) rows as in Diffusion-LM; the e2e loss learns their scale jointly with the denoiser.
-    self.embedding_VD = None if self.embedding == "one_hot" else self.param("embedding", nn.with_logical_partitioning(
+    self.embedding_VD = self.param("embedding", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED_SMALL)), (self.vocab_size, self.embed_dim))
     if self.schedule == "learned":
       self.learned_schedule = schedules.LearnedSchedule(name="learned_schedule")
@@ -108,8 +90,6 @@ class Denoiser(nn.Module):
 
   def table(self) -> jax.Array:
     """The embedding table E, with rows rescaled to norm √d when `normalize_embeddings` (CDCD)."""
-    if self.embedding == "one_hot":
-      return self.one_hot_norm * jnp.eye(self.vocab_size)
     if not self.normalize_embeddings:
       return self.embedding_VD
     norms_V1 = jnp.linalg.norm(self.embedding_VD, axis=-1, keepdims=True)
@@ -117,15 +97,7 @@ class Denoiser(nn.Module):
 
   def embed(self, tokens_BL: jax.Array) -> jax.Array:
     """Clean embeddings x = E[w]."""
-    if self.embedding == "one_hot":
-      return self.one_hot_norm * jax.nn.one_hot(tokens_BL, self.vocab_size)
     return jnp.take(self.table(), tokens_BL, axis=0)
-
-  def expected_embedding(self, probs_BLV: jax.Array) -> jax.Array:
-    """Σ_w p(w) E[w]: the categorical x̂0 (for one-hot rows a scaling, not a V×V product)."""
-    if self.embedding == "one_hot":
-      return self.one_hot_norm * probs_BLV
-    return probs_BLV @ self.table()
 
   def round_logits(self, x_BLD: jax.Array) -> jax.Array:
     """Rounding head p(w | x) ∝ exp(x Eᵀ + b), tied to the embedding table."""
@@ -149,7 +121,7 @@ class Denoiser(nn.Module):
     if self.parameterization == "categorical":
       if self.output_prior:
         output = output + output_prior_logits(noisy_BLD, self.table(), self.log_snr(t_B))
-      return output, self.expected_embedding(jax.nn.softmax(output, axis=-1))
+      return output, jax.nn.softmax(output, axis=-1) @ self.table()
     return self.round_logits(output), output
 
 
@@ -173,12 +145,11 @@ def output_prior_logits(noisy_BLD: jax.Array, embedding_VD: jax.Array, log_snr_B
 def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: str = "sqrt") -> Denoiser:
   """Builds the Denoiser described by `config.model` (and `config.diffusion.schedule`)."""
   return Denoiser(
-      vocab_size=vocab_size, embed_dim=diffused_width(model_config, vocab_size), d_model=model_config.d_model,
+      vocab_size=vocab_size, embed_dim=model_config.embed_dim, d_model=model_config.d_model,
       num_layers=model_config.num_layers, num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim,
       max_len=max_len, dropout=model_config.dropout, parameterization=model_config.parameterization,
       self_conditioning=model_config.self_conditioning,
       normalize_embeddings=model_config.normalize_embeddings, schedule=schedule, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
-      time_conditioning=model_config.get("time_conditioning", "input"),
-      embedding=model_config.get("embedding", "learned"), one_hot_norm=float(model_config.embed_dim) ** 0.5)
+      time_conditioning=model_config.get("time_conditioning", "input"))
