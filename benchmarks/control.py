@@ -159,6 +159,19 @@ def length(pipe, known_bigrams, judge):
           "seconds": round(time.perf_counter() - started, 1), "examples": texts[::FLAGS.per_length * 8]}
 
 
+def references_and_groups(data_config, split: str) -> tuple[list[str], list[str]]:
+  """(texts, the group of each): E2E references grouped by MR; on another corpus (PTB through
+  text_files) every sentence is its own group, so it is its own single reference.
+
+  Example:
+    >>> refs, groups = references_and_groups(pipe.config.data, "test")
+  """
+  if data_config.name == "e2e":
+    return e2e_pairs(data_config, split)
+  texts = datasets.load_texts(data_config, split)
+  return texts, texts
+
+
 def infill(pipe, test_refs, test_mrs, known_bigrams, judge):
   by_mr = collections.defaultdict(list)
   for ref, mr in zip(test_refs, test_mrs):
@@ -227,12 +240,8 @@ def main(argv):
   # Only guidance needs the classifier (a masked workdir has none): --sections=length,infill,editing.
   classifier = SemanticClassifier.load(FLAGS.workdir) if "semantic" in FLAGS.sections else None
   judge = workdir_lib.load_checkpoint(FLAGS.judge_workdir) if FLAGS.judge_workdir else None
-  if pipe.config.data.name == "e2e":
-    train_refs, _ = e2e_pairs(pipe.config.data, "train")
-    test_refs, test_mrs = e2e_pairs(pipe.config.data, FLAGS.split)
-  else:  # Another corpus: every sentence is its own reference (and its own "MR" group).
-    train_refs = datasets.load_texts(pipe.config.data, "train")
-    test_refs = test_mrs = datasets.load_texts(pipe.config.data, FLAGS.split)
+  train_refs, _ = references_and_groups(pipe.config.data, "train")
+  test_refs, test_mrs = references_and_groups(pipe.config.data, FLAGS.split)
   known_bigrams = text_metrics.bigram_set(train_refs)
   sections = {
       "semantic": lambda: semantic(pipe, classifier, test_refs, test_mrs, known_bigrams, judge),

@@ -162,6 +162,20 @@ def test_adaln_zero_blocks_start_as_identity_and_learn_from_t():
   assert float(jnp.abs(modulation).max()) > 0
 
 
+def test_control_benchmark_groups_e2e_by_mr_and_other_corpora_by_sentence(tmp_path):
+  # benchmarks/control.py infills PTB too: there every test sentence is its own single reference.
+  control_benchmark = _benchmark_module("control")
+  lines = ["the pub is near the river .", "a shop sells bread ."]
+  (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
+  (tmp_path / "train.txt").write_text("some training text .\n")
+  data = tiny_config(**{"data.name": "text_files", "data.train_files": str(tmp_path / "train.txt"),
+                        "data.test_files": str(tmp_path / "test.txt"),
+                        "data.tfds_data_dir": str(tmp_path / "tfds")}).data
+  assert control_benchmark.references_and_groups(data, "test") == (lines, lines)
+  e2e_refs, e2e_mrs = control_benchmark.references_and_groups(tiny_config().data, "test")
+  assert len(e2e_refs) == len(e2e_mrs) > len(set(e2e_mrs)), "E2E references share their MR"
+
+
 def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
   import json
   import subprocess
