@@ -118,11 +118,28 @@ BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 def _benchmark_module(name):
+  """Loads benchmarks/<name>.py for its functions and drops the absl flags it defined.
+
+  Benchmarks share flag names (--judge_workdir); without the drop, whichever test loads the second one
+  in a pytest worker fails with DuplicateFlagError, depending on how xdist spreads the tests.
+  """
   import importlib.util
+  from absl import flags
+  flags_before = set(flags.FLAGS)
   spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", os.path.join(BENCHMARKS_DIR, f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    for flag_name in set(flags.FLAGS) - flags_before:
+      delattr(flags.FLAGS, flag_name)
   return module
+
+
+def test_benchmark_modules_load_in_any_order():
+  # CI once failed because two benchmarks defining --judge_workdir met in one pytest worker.
+  for name in ("quality", "control", "compute_curve", "control", "quality"):
+    _benchmark_module(name)
 
 
 def test_quality_benchmark_current_variant_is_configs_e2e():
