@@ -93,25 +93,28 @@ def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
 
 
-@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "e2e_masked", "ptb", "ptb_ar", "ptb_masked", "bench",
-                                  "lm1b_pod", "tiny"])
+@pytest.mark.parametrize("name", ["base", "e2e", "e2e_ar", "e2e_masked", "ptb", "ptb_ar", "ptb_masked", "wikitext2",
+                                  "wikitext2_ar", "bench", "lm1b_pod", "tiny"])
 def test_shipped_configs_validate(name):
   # The README main job and the benchmarks start from these; a bad default would only show there.
   import importlib
   from diffusion_lm import config_utils
-  arguments = ["/data/ptb"] if name.startswith("ptb") else []  # PTB is never bundled: its configs take a directory.
+  # PTB and WikiText-2 are never bundled: their configs take a directory.
+  arguments = ["/data/" + name.split("_")[0]] if name.startswith(("ptb", "wikitext2")) else []
   config_utils.validate(importlib.import_module(f"configs.{name}").get_config(*arguments))
 
 
-def test_ptb_configs_are_the_e2e_configs_on_ptb_data():
-  # One recipe on two corpora: only the data section and the step budget may differ.
-  from configs import e2e, e2e_ar, e2e_masked, ptb, ptb_ar, ptb_masked
-  for on_e2e, on_ptb in ((e2e, ptb), (e2e_ar, ptb_ar), (e2e_masked, ptb_masked)):
-    expected, got = on_e2e.get_config(), on_ptb.get_config("/data/ptb")
+def test_prose_configs_are_the_e2e_configs_on_other_data():
+  # One recipe on three corpora: only the data section and the step budget may differ.
+  from configs import e2e, e2e_ar, e2e_masked, ptb, ptb_ar, ptb_masked, wikitext2, wikitext2_ar
+  for on_e2e, on_prose, train_file in ((e2e, ptb, "ptb/ptb.train.txt"), (e2e_ar, ptb_ar, "ptb/ptb.train.txt"),
+                                       (e2e_masked, ptb_masked, "ptb/ptb.train.txt"),
+                                       (e2e, wikitext2, "wikitext2/train.txt"), (e2e_ar, wikitext2_ar, "wikitext2/train.txt")):
+    expected, got = on_e2e.get_config(), on_prose.get_config("/data/" + train_file.split("/")[0])
     for section in ("model", "diffusion", "sample"):
-      assert got[section].to_dict() == expected[section].to_dict(), (on_ptb.__name__, section)
-    assert {**got.train.to_dict(), "num_steps": 0} == {**expected.train.to_dict(), "num_steps": 0}, on_ptb.__name__
-    assert got.data.train_files == "/data/ptb/ptb.train.txt"
+      assert got[section].to_dict() == expected[section].to_dict(), (on_prose.__name__, section)
+    assert {**got.train.to_dict(), "num_steps": 0} == {**expected.train.to_dict(), "num_steps": 0}, on_prose.__name__
+    assert got.data.train_files == "/data/" + train_file
 
 
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
