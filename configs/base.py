@@ -54,9 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   #                             posterior), the output layer starting at zero; the network learns the rest.
   model.time_conditioning = "input"  # Diffusion: "input" (t's embedding added to the input) or "adaln_zero"
   #                                   (every block's LayerNorms and residuals modulated by t, DiT / MDLM).
-  model.target_first_positions = False  # Conditional diffusion: positions count from the target's first
-  #                                       token (the source wraps to the table's end), so a target sits where
-  #                                       an unconditional text does whatever its source's length.
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "sqrt"  # Noise schedule: "sqrt" (Diffusion-LM), "cosine", "linear_logsnr",

@@ -111,9 +111,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.conditional and not kinds.get(config.model.kind).conditional:
     raise ConfigError(f"--config.model.kind={config.model.kind} does not train on (source, target) pairs; use "
                       f"{' or '.join(k for k, v in kinds.KINDS.items() if v.conditional)}")
-  if config.model.get("target_first_positions") and not (config.data.conditional and config.model.kind == "diffusion"):
-    raise ConfigError("--config.model.target_first_positions=True is for conditional diffusion models; add "
-                      "--config.data.conditional=True (and model.kind=diffusion) or leave it False")
   if config.data.source_dropout and not config.data.conditional:
     raise ConfigError("--config.data.source_dropout needs --config.data.conditional=True")
   if config.data.name == "tfds" and not config.data.get("tfds_name"):

@@ -112,30 +112,6 @@ def test_the_denoiser_never_sees_noise_at_source_positions():
   assert not np.allclose(noisy_BLD[~source_BL], table_VD[tokens_BL][~source_BL], atol=0.1)
 
 
-def test_target_first_positions_is_the_same_network_on_the_row_rolled_to_start_at_the_target():
-  """With `target_first_positions` a conditional row's target is numbered from 0 (the source wraps to
-  the end), so its outputs are the plain network's on the row rolled left by the source's length."""
-  from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
-  from diffusion_lm.models.denoiser import Denoiser
-  make = lambda target_first: Denoiser(vocab_size=50, embed_dim=8, d_model=32, num_layers=2, num_heads=2, mlp_dim=64,
-                                       max_len=10, parameterization="categorical", target_first_positions=target_first)
-  tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11, 12], [20, 21], 10),
-                                    layout.layout_pair([13], [22, 23, 24], 10)]))
-  source_BL = layout.source_mask(tokens_BL)
-  noisy_BLD = jax.random.normal(jax.random.key(0), (2, 10, 8))
-  t_B = jnp.array([0.3, 0.7])
-  params = make(True).init(jax.random.key(1), noisy_BLD, t_B)["params"]
-  logits_BLV, _ = with_clean_positions(bind_denoiser(make(True), params), tokens_BL, source_BL).denoise(noisy_BLD, t_B)
-  plain = bind_denoiser(make(False), params)
-  for row, shift in enumerate((4, 2)):  # Source and BOS.
-    rolled = lambda values: jnp.roll(values[row:row + 1], -shift, axis=1)
-    rolled_input_1LD = jnp.where(rolled(source_BL)[..., None], plain.embed(rolled(tokens_BL)), rolled(noisy_BLD))
-    expected_1LV, _ = plain.denoise(rolled_input_1LD, t_B[row:row + 1])
-    np.testing.assert_allclose(logits_BLV[row], jnp.roll(expected_1LV, shift, axis=1)[0], atol=2e-5)
-  absolute_BLV, _ = with_clean_positions(plain, tokens_BL, source_BL).denoise(noisy_BLD, t_B)
-  assert not np.allclose(absolute_BLV, logits_BLV, atol=1e-3), "the switch must change the numbering"
-
-
 def test_loss_counts_only_the_target():
   """Changing what the network says at source positions does not move the conditional loss."""
   from diffusion_lm.diffusion import objectives, schedules
@@ -402,7 +378,6 @@ def test_conditional_configs_are_checked():
   from diffusion_lm import config_utils
   from diffusion_lm.errors import ConfigError
   for overrides, phrase in (({"data.mode": "pack"}, "mode=pad"), ({"model.kind": "masked"}, "does not train on"),
-                            ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional"),
-                            ({"data.conditional": False, "model.target_first_positions": True}, "for conditional")):
+                            ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional")):
     with pytest.raises(ConfigError, match=phrase):
       config_utils.validate(tiny_config(**{"data.conditional": True, **overrides}))

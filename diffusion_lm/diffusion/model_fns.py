@@ -27,9 +27,6 @@ class DenoiserFns:
   categorical: bool = False  # x̂0 = softmax(logits) E, so a score temperature can re-derive it
   # (t, freeze_interior=False, freeze_endpoints=False) → γ(t); has parameters when learned.
   log_snr: Callable[..., jax.Array] | None = None
-  # denoise also takes `source_len_B=` (a conditional row's source length, BOS included), which a
-  # model numbering positions from the target needs; stand-ins and other models do not.
-  takes_source_len: bool = False
 
 
 def bind_denoiser(model, params, dropout_rng: jax.Array | None = None) -> DenoiserFns:
@@ -39,15 +36,14 @@ def bind_denoiser(model, params, dropout_rng: jax.Array | None = None) -> Denois
   deterministic = dropout_rng is None
   return DenoiserFns(
       embed=lambda tokens: model.apply(variables, tokens, method=model.embed),
-      denoise=lambda noisy, t, self_cond=None, source_len_B=None: model.apply(
-          variables, noisy, t, self_cond, deterministic, source_len_B, rngs=rngs),
+      denoise=lambda noisy, t, self_cond=None: model.apply(
+          variables, noisy, t, self_cond, deterministic, rngs=rngs),
       round_logits=lambda x: model.apply(variables, x, method=model.round_logits),
       embedding_table=model.apply(variables, method=model.table),
       self_conditioning=model.self_conditioning,
       categorical=model.parameterization == "categorical",
       log_snr=lambda t, freeze_interior=False, freeze_endpoints=False: model.apply(
           variables, t, freeze_interior, freeze_endpoints, method=model.log_snr),
-      takes_source_len=True,
   )
 
 
@@ -62,13 +58,11 @@ def with_clean_positions(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
     >>> fns = with_clean_positions(bind_denoiser(model, params), tokens_BL, layout.source_mask(tokens_BL))
   """
   clean_BLD = fns.embed(tokens_BL)
-  # `clean_BL` is the source prefix in every caller, so its count is where the target starts.
-  extra = {"source_len_B": jnp.sum(clean_BL, axis=1)} if fns.takes_source_len else {}
 
   def denoise(noisy_BLD, t_B, self_cond_BLD=None):
     return fns.denoise(jnp.where(clean_BL[..., None], clean_BLD.astype(noisy_BLD.dtype), noisy_BLD), t_B,
-                       self_cond_BLD, **extra)
-  return dataclasses.replace(fns, denoise=denoise, takes_source_len=False)
+                       self_cond_BLD)
+  return dataclasses.replace(fns, denoise=denoise)
 
 
 def with_source_guidance(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.Array, source_len_B: jax.Array,
@@ -111,4 +105,4 @@ def with_source_guidance(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
     guided_BLV = logits_BLV + weight * (logits_BLV - unconditional_logits_BLV)
     guided_BLV = jnp.where(clean_BL[..., None], logits_BLV, guided_BLV)  # The source stays the conditional's.
     return guided_BLV, jax.nn.softmax(guided_BLV, axis=-1) @ fns.embedding_table
-  return dataclasses.replace(fns, denoise=denoise, takes_source_len=False)
+  return dataclasses.replace(fns, denoise=denoise)

@@ -57,9 +57,6 @@ class Denoiser(nn.Module):
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
   output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
   time_conditioning: str = "input"  # TIME_CONDITIONINGS.
-  # Conditional rows `source, BOS, target, …`: number positions from the target's first token (the
-  # source wraps round to the end of the table), so every target sits where an unconditional text does.
-  target_first_positions: bool = False
 
   def setup(self):
     # N(0, 1) rows as in Diffusion-LM; the e2e loss learns their scale jointly with the denoiser.
@@ -107,11 +104,8 @@ class Denoiser(nn.Module):
     return jnp.einsum("bld,vd->blv", x_BLD.astype(jnp.float32), self.table()) + self.rounding_bias_V
 
   def __call__(self, noisy_BLD: jax.Array, t_B: jax.Array, self_cond_BLD: jax.Array | None = None,
-               deterministic: bool = True, source_len_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t.
-
-    `source_len_B`: each conditional row's source length, BOS included (used by `target_first_positions`).
-    """
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t."""
     if self.schedule == "learned" and self.is_initializing():
       self.learned_schedule(t_B)  # Creates the schedule's parameters.
     inputs = noisy_BLD
@@ -119,11 +113,10 @@ class Denoiser(nn.Module):
       inputs = jnp.concatenate([noisy_BLD, jnp.zeros_like(noisy_BLD) if self_cond_BLD is None else self_cond_BLD], -1)
     hidden_BLD = self.input_projection(inputs.astype(self.dtype))
     time_BD = self.time_mlp[1](nn.silu(self.time_mlp[0](timestep_embedding(t_B, self.d_model).astype(self.dtype))))
-    shift_B = source_len_B if self.target_first_positions else None
     if self.time_conditioning == "adaln_zero":
-      hidden_BLD = self.backbone(hidden_BLD, deterministic, conditioning_BC=time_BD, position_shift_B=shift_B)
+      hidden_BLD = self.backbone(hidden_BLD, deterministic, conditioning_BC=time_BD)
     else:
-      hidden_BLD = self.backbone(hidden_BLD + time_BD[:, None, :], deterministic, position_shift_B=shift_B)
+      hidden_BLD = self.backbone(hidden_BLD + time_BD[:, None, :], deterministic)
     output = self.output_projection(hidden_BLD).astype(jnp.float32)
     if self.parameterization == "categorical":
       if self.output_prior:
@@ -159,5 +152,4 @@ def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: 
       normalize_embeddings=model_config.normalize_embeddings, schedule=schedule, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
-      time_conditioning=model_config.get("time_conditioning", "input"),
-      target_first_positions=model_config.get("target_first_positions", False))
+      time_conditioning=model_config.get("time_conditioning", "input"))

@@ -192,24 +192,14 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
-               conditioning_BC: jax.Array | None = None, position_shift_B: jax.Array | None = None) -> jax.Array:
-    """`conditioning_BC` (optional): a per-example vector every block is modulated by (adaLN-zero).
-
-    `position_shift_B` (optional, bidirectional only): row b's position i reads position embedding
-    (i − shift_b) mod L, i.e. the row is numbered as if rolled left by shift_b. Since attention without a
-    causal mask only sees order through these embeddings, that is the same network on the rolled row.
-    """
+               conditioning_BC: jax.Array | None = None) -> jax.Array:
+    """`conditioning_BC` (optional): a per-example vector every block is modulated by (adaLN-zero)."""
     length = x_BLD.shape[1]
     positions_LD = self.param("positions", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (axes.LENGTH, axes.EMBED)), (self.max_len, self.d_model))
     if self.decode:
       positions_LD = self._decode_positions(positions_LD, length)
-    if position_shift_B is None:
-      x_BLD = x_BLD + positions_LD[:length]
-    else:
-      index_BL = (jnp.arange(length)[None, :] - position_shift_B[:, None]) % length
-      x_BLD = x_BLD + jnp.take(positions_LD[:length], index_BL, axis=0)
-    x_BLD = constrain(x_BLD.astype(self.dtype), axes.ACTIVATION_BLD)
+    x_BLD = constrain((x_BLD + positions_LD[:length]).astype(self.dtype), axes.ACTIVATION_BLD)
     block_class = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for layer in range(self.num_layers):
       x_BLD = block_class(self.num_heads, self.mlp_dim, self.dropout, self.causal, self.dtype,
