@@ -30,6 +30,7 @@ RECIPES = {
                       "model.self_conditioning": True},
     "autoregressive": {"model.kind": "autoregressive", "train.num_samples": 0},
 }
+AMPLIFIES_ROUNDING = {"diffusion_cdcd"}  # Time warping turns another CPU's rounding into a drifting trajectory.
 
 
 def run_recipe(name: str, workdir: str) -> dict:
@@ -55,19 +56,19 @@ def test_recipe_matches_golden(name, tmp_path):
     expected = json.load(f)[name]
   got = run_recipe(name, str(tmp_path / name))
   assert len(got["losses"]) == 20
-  # Bit-for-bit on the machine that recorded them. Another CPU's XLA kernels round differently (~1e-6),
-  # which the first steps show as is; later, CDCD's time warping amplifies it (on an Intel Xeon against the
-  # recording: up to 1.5 % by step 20, 5e-4 on the validation loss and the bound, other samples). So the
-  # first five steps are held to 1e-5 everywhere, and a drifted trajectory only to what drift explains.
+  # Bit-for-bit on the machine that recorded them, and within 1e-5 on another CPU, whose XLA kernels round
+  # differently (~1e-6) — except where time warping amplifies that: on an Intel Xeon against the recording,
+  # the CDCD recipe's first five losses agree to 1e-5, then drift up to 1.5 % by step 20 (5e-4 on the
+  # validation loss and the bound) and the drifted model samples other text. Only that recipe, and only
+  # when it has drifted, is held to what drift explains; `python tests/test_golden.py --check` compares all.
+  drifted = name in AMPLIFIES_ROUNDING and got["losses"] != expected["losses"]
   np.testing.assert_allclose(got["losses"][:5], expected["losses"][:5], rtol=1e-5)
-  same_kernels = got["losses"] == expected["losses"]
-  np.testing.assert_allclose(got["losses"], expected["losses"], rtol=1e-5 if same_kernels else 3e-2)
+  np.testing.assert_allclose(got["losses"], expected["losses"], rtol=3e-2 if drifted else 1e-5)
   for key in ("validation_loss", "nll_nats_per_token"):
-    np.testing.assert_allclose(got[key], expected[key], rtol=1e-5 if same_kernels else 5e-3)
-  if same_kernels:  # A drifted model samples other text; `python tests/test_golden.py --check` compares all.
+    np.testing.assert_allclose(got[key], expected[key], rtol=5e-3 if drifted else 1e-5)
+  if not drifted:
     assert got["train_samples"] == expected["train_samples"]
     assert got["samples"] == expected["samples"]
-
 
 if __name__ == "__main__":
   import tempfile
