@@ -54,8 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   #                             posterior), the output layer starting at zero; the network learns the rest.
   model.time_conditioning = "input"  # Diffusion: "input" (t's embedding added to the input) or "adaln_zero"
   #                                   (every block's LayerNorms and residuals modulated by t, DiT / MDLM).
-  model.source_marker = False  # Conditional diffusion: add a learned vector at the source's positions, so the
-  #                              network knows which positions are given clean (CDCD's conditioning mask).
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "sqrt"  # Noise schedule: "sqrt" (Diffusion-LM), "cosine", "linear_logsnr",

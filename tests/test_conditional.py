@@ -87,7 +87,7 @@ def recording_denoiser(**fields):
   table_VD = jax.random.normal(jax.random.key(0), (50, 4))
   seen = []
 
-  def denoise(noisy_BLD, t_B, self_cond=None, clean_BL=None):
+  def denoise(noisy_BLD, t_B, self_cond=None):
     seen.append(noisy_BLD)
     logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
     return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD
@@ -112,31 +112,6 @@ def test_the_denoiser_never_sees_noise_at_source_positions():
   assert not np.allclose(noisy_BLD[~source_BL], table_VD[tokens_BL][~source_BL], atol=0.1)
 
 
-def test_the_source_marker_reaches_the_network_only_at_clean_positions():
-  """With `model.source_marker`, with_clean_positions tells the network which positions are the source:
-  a marker of zero (its initial value) changes nothing, a learned one changes the outputs."""
-  import flax.linen as nn
-  from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
-  from diffusion_lm.models.denoiser import Denoiser
-  model = Denoiser(vocab_size=50, embed_dim=4, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=10,
-                   parameterization="categorical", source_marker=True)
-  tokens_BL = jnp.asarray(np.stack([layout.layout_pair([10, 11, 12], [20, 21], 10)] * 2))
-  source_BL = layout.source_mask(tokens_BL)
-  noisy_BLD, t_B = jax.random.normal(jax.random.key(1), (2, 10, 4)), jnp.array([0.3, 0.9])
-  params = nn.unbox(model.init(jax.random.key(0), noisy_BLD, t_B))["params"]
-  assert params["source_marker"].shape == (16,) and not params["source_marker"].any()
-  denoise = lambda p, clean_BL: bind_denoiser(model, p).denoise(noisy_BLD, t_B, None, clean_BL=clean_BL)[0]
-  np.testing.assert_array_equal(denoise(params, source_BL), denoise(params, None))
-  learned = {**params, "source_marker": jax.random.normal(jax.random.key(2), (16,))}  # (A constant vector: LayerNorm removes it.)
-  assert not np.allclose(denoise(learned, source_BL), denoise(learned, None), atol=1e-3)
-  np.testing.assert_array_equal(denoise(learned, None), denoise(params, None))
-  # with_clean_positions shows the clean source and marks it.
-  shown_BLD = jnp.where(source_BL[..., None], bind_denoiser(model, learned).embed(tokens_BL), noisy_BLD)
-  np.testing.assert_array_equal(
-      with_clean_positions(bind_denoiser(model, learned), tokens_BL, source_BL).denoise(noisy_BLD, t_B)[0],
-      bind_denoiser(model, learned).denoise(shown_BLD, t_B, None, clean_BL=source_BL)[0])
-
-
 def test_loss_counts_only_the_target():
   """Changing what the network says at source positions does not move the conditional loss."""
   from diffusion_lm.diffusion import objectives, schedules
@@ -146,7 +121,7 @@ def test_loss_counts_only_the_target():
   source_BL = layout.source_mask(tokens_BL)
 
   def fns_with(source_logit):
-    def denoise(noisy_BLD, t_B, self_cond=None, clean_BL=None):
+    def denoise(noisy_BLD, t_B, self_cond=None):
       logits_BLV = jnp.einsum("bld,vd->blv", noisy_BLD, table_VD)
       logits_BLV = jnp.where(source_BL[..., None], source_logit, logits_BLV)
       return logits_BLV, jax.nn.softmax(logits_BLV) @ table_VD

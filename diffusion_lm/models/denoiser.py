@@ -57,7 +57,6 @@ class Denoiser(nn.Module):
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
   output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
   time_conditioning: str = "input"  # TIME_CONDITIONINGS.
-  source_marker: bool = False  # Conditional: add a learned vector at the clean source positions (`clean_BL`).
 
   def setup(self):
     # N(0, 1) rows as in Diffusion-LM; the e2e loss learns their scale jointly with the denoiser.
@@ -82,9 +81,6 @@ class Denoiser(nn.Module):
     kernel_init = (nn.with_logical_partitioning(nn.initializers.zeros, out_axes) if self.output_prior
                    else transformer.dense_init(out_axes))
     self.output_projection = nn.Dense(out_features, dtype=self.dtype, name="output_projection", kernel_init=kernel_init)
-    if self.source_marker:  # CDCD's conditioning-mask embedding: which positions are given, not noised.
-      self.source_marker_D = self.param("source_marker", nn.with_logical_partitioning(
-          nn.initializers.zeros, (axes.EMBED,)), (self.d_model,))
 
   def log_snr(self, t: jax.Array, freeze_interior: bool = False, freeze_endpoints: bool = False) -> jax.Array:
     """The noise schedule's log-SNR γ(t): fixed by name, or learned (then it has parameters)."""
@@ -108,20 +104,14 @@ class Denoiser(nn.Module):
     return jnp.einsum("bld,vd->blv", x_BLD.astype(jnp.float32), self.table()) + self.rounding_bias_V
 
   def __call__(self, noisy_BLD: jax.Array, t_B: jax.Array, self_cond_BLD: jax.Array | None = None,
-               deterministic: bool = True, clean_BL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t.
-
-    `clean_BL` marks the positions that hold a clean source (seen by the network only with
-    `source_marker`; `model_fns.with_clean_positions` puts the clean embeddings there).
-    """
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t."""
     if self.schedule == "learned" and self.is_initializing():
       self.learned_schedule(t_B)  # Creates the schedule's parameters.
     inputs = noisy_BLD
     if self.self_conditioning:
       inputs = jnp.concatenate([noisy_BLD, jnp.zeros_like(noisy_BLD) if self_cond_BLD is None else self_cond_BLD], -1)
     hidden_BLD = self.input_projection(inputs.astype(self.dtype))
-    if self.source_marker and clean_BL is not None:
-      hidden_BLD = hidden_BLD + jnp.where(clean_BL[..., None], self.source_marker_D.astype(self.dtype), 0.0)
     time_BD = self.time_mlp[1](nn.silu(self.time_mlp[0](timestep_embedding(t_B, self.d_model).astype(self.dtype))))
     if self.time_conditioning == "adaln_zero":
       hidden_BLD = self.backbone(hidden_BLD, deterministic, conditioning_BC=time_BD)
@@ -162,5 +152,4 @@ def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: 
       normalize_embeddings=model_config.normalize_embeddings, schedule=schedule, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
-      time_conditioning=model_config.get("time_conditioning", "input"),
-      source_marker=model_config.get("source_marker", False))
+      time_conditioning=model_config.get("time_conditioning", "input"))
