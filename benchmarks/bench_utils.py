@@ -44,6 +44,27 @@ def _parse_value(text: str, current):
     raise UserError(f"{text!r} is not a {type(current).__name__}") from None
 
 
+def override_fields(config: ml_collections.ConfigDict, items, where: str = "") -> ml_collections.ConfigDict:
+  """Sets each "section.field=value" item in place, the value read as the field's current type.
+
+  Example:
+    >>> override_fields(pipe.config, ["sample.warped_grid=false", "sample.temperature=0.7"])
+  """
+  for item in items:
+    field, equals, text = item.partition("=")
+    if not equals:
+      raise UserError(f"override {item!r}{f' in {where!r}' if where else ''} is not field=value")
+    *parents, leaf = field.strip().split(".")
+    section = config
+    try:
+      for parent in parents:
+        section = section[parent]
+      section[leaf] = _parse_value(text.strip(), section[leaf])
+    except (KeyError, AttributeError):
+      raise UserError(f"override {item!r}: the config has no field {field!r}") from None
+  return config
+
+
 def load_config_spec(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   """(validated config, label) from "PATH[:field=value,field=value...]".
 
@@ -57,18 +78,7 @@ def load_config_spec(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config()
-  for item in filter(None, overrides.split(",")):
-    field, equals, text = item.partition("=")
-    if not equals:
-      raise UserError(f"override {item!r} in {spec!r} is not field=value")
-    *parents, leaf = field.strip().split(".")
-    section = config
-    try:
-      for parent in parents:
-        section = section[parent]
-      section[leaf] = _parse_value(text.strip(), section[leaf])
-    except (KeyError, AttributeError):
-      raise UserError(f"override {item!r}: the config has no field {field!r}") from None
+  override_fields(config, filter(None, overrides.split(",")), spec)
   config_utils.validate(config)
   label = os.path.splitext(os.path.basename(path))[0] + (f" [{overrides}]" if overrides else "")
   return config, label

@@ -25,6 +25,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_utils  # noqa: E402
 import diffusion_lm  # noqa: E402
 from diffusion_lm import evaluation  # noqa: E402
 
@@ -37,6 +38,8 @@ flags.DEFINE_integer("batch_size", 64, "Rows of the timed sampling batch.")
 flags.DEFINE_integer("eval_sequences", 512, "Validation sentences for the likelihood.")
 flags.DEFINE_integer("infill_steps", 50, "Sampling steps for infilling (0 skips it).")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
+flags.DEFINE_list("sample_settings", [], "FIELD=VALUE of config.sample for the diffusion kinds' samples (not the "
+                  "infilling), e.g. warped_grid=false: an older workdir sampled as configs/e2e.py samples now.")
 
 
 def judged(workdir: str, texts: list[str]) -> dict:
@@ -76,6 +79,8 @@ def infill_bleu(workdir: str) -> float | None:
 def score_kind(name: str, workdir: str) -> dict:
   pipe = diffusion_lm.load(workdir)
   kind = pipe.config.model.kind
+  if kind != "autoregressive":
+    bench_utils.override_fields(pipe.config, [f"sample.{item}" for item in FLAGS.sample_settings])
   likelihood = evaluation.evaluate(workdir, split="validation", max_sequences=FLAGS.eval_sequences, write=False,
                                    progress=False)
   row = {"name": name, "kind": kind, "workdir": workdir, "train_steps": pipe.step,

@@ -1,7 +1,7 @@
 """Sampler settings on one trained diffusion workdir, judged the same way: no retraining.
 
 For each `--variants` entry (name=field:value+field:value over `sample.*`) and each `--steps`:
-`--num_samples` samples (seed 0), the AR judge's perplexity ÷ real sentences', unigram entropy
+`--num_samples` samples (`--seed`, 0 by default), the AR judge's perplexity ÷ real sentences', unigram entropy
 (real sentences' beside it) and distinct-2 (`evaluation.evaluate_samples`).
 
 Example:
@@ -17,6 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_utils  # noqa: E402
 import diffusion_lm  # noqa: E402
 from diffusion_lm import evaluation  # noqa: E402
 from diffusion_lm.config_utils import apply_overrides  # noqa: E402
@@ -27,20 +28,13 @@ flags.DEFINE_string("judge_workdir", None, "An autoregressive workdir that judge
 flags.DEFINE_list("variants", ["default="], "name=field:value+field:value (fields of config.sample).")
 flags.DEFINE_list("steps", ["200"], "Sampling steps.")
 flags.DEFINE_integer("num_samples", 200, "Samples per variant and step count.")
+flags.DEFINE_integer("seed", 0, "Sampling seed (another seed shows how much of a difference is noise).")
 
 
-def parse_variant(spec: str) -> tuple[str, dict]:
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+  """"name=field:value+field:value" → (name, ["sample.field=value", ...])."""
   name, _, settings = spec.partition("=")
-  overrides = {}
-  for item in filter(None, settings.split("+")):
-    field, _, value = item.partition(":")
-    overrides[f"sample.{field}"] = {"true": True, "false": False}.get(value.lower(), value)
-    if isinstance(overrides[f"sample.{field}"], str):
-      try:
-        overrides[f"sample.{field}"] = float(value) if "." in value else int(value)
-      except ValueError:
-        pass
-  return name, overrides
+  return name, [f"sample.{item.replace(':', '=', 1)}" for item in filter(None, settings.split("+"))]
 
 
 def main(argv):
@@ -50,15 +44,15 @@ def main(argv):
   print("| variant | steps | judge ppl ÷ real | unigram entropy (real) | distinct-2 | example |")
   print("|---|---:|---:|---:|---:|---|")
   for name, overrides in map(parse_variant, FLAGS.variants):
-    apply_overrides(pipe.config, defaults | overrides)
+    bench_utils.override_fields(apply_overrides(pipe.config, defaults), overrides)
     for steps in map(int, FLAGS.steps):
-      texts = pipe.sample(FLAGS.num_samples, steps=steps, seed=0)
+      texts = pipe.sample(FLAGS.num_samples, steps=steps, seed=FLAGS.seed)
       with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(texts) + "\n")
       report = evaluation.evaluate_samples(FLAGS.workdir, f.name, FLAGS.judge_workdir, write=False, progress=False)
       os.remove(f.name)
       samples, real = report["samples"], report["reference"]
-      print(f"| {name} | {steps} | {samples['judge_perplexity'] / real['judge_perplexity']:.1f} | "
+      print(f"| {name} | {steps} | {samples['judge_perplexity'] / real['judge_perplexity']:.2f} | "
             f"{samples['unigram_entropy']:.2f} ({real['unigram_entropy']:.2f}) | {samples['distinct_2']:.3f} | "
             f"{texts[0]} |", flush=True)
 

@@ -89,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.sampler = "ancestral"  # "ancestral" (q(z_s|z_t, x0)), "ddim" (deterministic) or "renoise"
   #                              (q(z_s|x0): fresh noise around x0 at every step, forgetting z_t).
   sample.clamp = True  # Replace x0 by its nearest embedding row (Diffusion-LM's clamping).
+  sample.warped_grid = True  # With diffusion.time_warping: place the steps by the training loss profile
+  #                            (CDCD); False: uniform in t.
   sample.temperature = 1.0  # Score temperature for categorical models: x0 = softmax(logits/τ) E.
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).

@@ -68,12 +68,16 @@ class Pipeline:
     loop's evaluations)."""
     self.params, self.time_warp_table = params, time_warp_table
 
+  def _warped_grid(self) -> bool:
+    """Whether sampling steps follow training's time-warping profile (else they are uniform in t)."""
+    return bool(self.config.sample.get("warped_grid", True))
+
   def _sampler(self, num_samples: int, steps: int, sampler: str, clamp: bool, trajectory: bool = False,
                source_guidance: float = 0.0):
     # The config's sampling settings are baked into the compiled function: they belong in the key,
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
-           bool(self.config.sample.draw_tokens), source_guidance)
+           bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance)
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
       # Weights and the time-warp table are arguments too: the train loop swaps in new ones.
@@ -90,7 +94,7 @@ class Pipeline:
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
                                   draw_tokens=self.config.sample.draw_tokens,
-                                  time_warp_table=time_warp_table, anchors=anchors,
+                                  time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
                                   return_trajectory=trajectory)
         if not trajectory:
@@ -352,7 +356,8 @@ class Pipeline:
     outputs = self._run_sampler(num_samples, steps, seed, sampler, clamp, True, control_inputs)
     final_BL, tokens_KBL, confidence_KBL = (np.asarray(x) for x in jax.device_get(outputs))
     start_time = float(control_inputs.get("start_time", 1.0))
-    times_K = samplers.time_grid(steps or self.config.sample.steps, start_time, self.time_warp_table)[:-1]
+    times_K = samplers.time_grid(steps or self.config.sample.steps, start_time,
+                                 self.time_warp_table if self._warped_grid() else None)[:-1]
     return Trajectory(np.asarray(times_K), tokens_KBL, confidence_KBL, final_BL,
                       [self.decode(step_BL) for step_BL in tokens_KBL], self.decode(final_BL))
 

@@ -56,6 +56,24 @@ def _model_and_params(config, vocab_size=30):
   return model, optimizer, init_fn(jax.random.key(0))
 
 
+def test_the_sampling_grid_follows_time_warping_only_when_asked():
+  # sample.warped_grid=False spaces the steps uniformly in t even when training learned a warp.
+  from diffusion_lm import diffusion_pipeline
+  config = tiny_config(**{"diffusion.objective": "cdcd", "model.parameterization": "categorical",
+                          "model.normalize_embeddings": True, "diffusion.time_warping": True})
+  model, _, state = _model_and_params(config)
+  t = jnp.linspace(0.01, 0.99, 64)
+  table = time_warping.initial_loss_table(16)
+  for _ in range(30):
+    table = time_warping.update_loss_table(table, t, 5.0 * jax.nn.sigmoid((t - 0.5) * 20), 0.9)
+  draw = lambda warp_table: diffusion_pipeline.Pipeline(config, model, state["ema_params"], None,
+                                                        time_warp_table=warp_table).sample_tokens(4, 6, seed=0)
+  warped, unwarped = draw(table), draw(None)
+  assert not np.array_equal(warped, unwarped)
+  config.sample.warped_grid = False
+  np.testing.assert_array_equal(draw(table), unwarped)
+
+
 @pytest.mark.parametrize("enabled", [False, True])
 def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
   config = tiny_config(**{"model.self_conditioning": enabled})
@@ -161,6 +179,7 @@ def test_e2e_default_is_the_ablation_winner():
   assert (default.diffusion.objective, default.model.parameterization) == ("cdcd", "categorical")
   assert default.model.normalize_embeddings and default.diffusion.time_warping and default.sample.clamp
   assert not default.model.self_conditioning and default.train.learning_rate == 3e-3
+  assert not default.sample.warped_grid  # Trained on warped t, sampled on a uniform grid (BENCHMARKS.md).
   assert (diffusion_lm.diffusion.objective, diffusion_lm.model.parameterization) == ("e2e", "direct")
 
 
