@@ -26,7 +26,18 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
       0.0, train_config.learning_rate, train_config.warmup_steps,
       max(train_config.num_steps, train_config.warmup_steps + 1), end_value=0.0)
   clip = [optax.clip_by_global_norm(train_config.grad_clip)] if train_config.grad_clip > 0 else []
-  return optax.chain(*clip, optax.adamw(learning_rate, weight_decay=train_config.weight_decay))
+  multiplier = train_config.get("embedding_lr_multiplier", 1.0)
+  # Only when asked: the extra transform changes the optimizer state's structure (older checkpoints).
+  faster = [optax.masked(optax.scale(multiplier), _embedding_leaves)] if multiplier != 1.0 else []
+  return optax.chain(*clip, optax.adamw(learning_rate, weight_decay=train_config.weight_decay), *faster)
+
+
+EMBEDDING_PARAMS = ("embedding", "learned_schedule")  # The diffused space and its schedule (Plaid's faster group).
+
+
+def _embedding_leaves(params):
+  """True for the leaves under a top-level EMBEDDING_PARAMS entry."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[0], "key", None) in EMBEDDING_PARAMS, params)
 
 
 def ema_decay_at(step: jax.Array, max_decay: float) -> jax.Array:
