@@ -24,6 +24,7 @@ def as_masked(config):
   config.model.kind = "masked"  # MDLM over token ids (models/masked.py); the diffusion section is unused.
   config.train.learning_rate = 1e-3  # The AR twin's setting: both predict tokens with the same backbone.
   config.train.warmup_steps = 100  # As the AR twin.
+  config.train.embedding_lr_multiplier = 1.0  # The continuous recipe's faster embedding table is not part of this kind.
   config.sample.steps = 50  # Unmasking steps; 64 positions, so more than 64 add nothing.
   config.sample.temperature = 1.0  # Draw tokens from the model's own distribution.
   return config
