@@ -41,8 +41,8 @@ def get_config():
   #                           26× vs 32.5× real; BENCHMARKS.md, "Where the training compute goes").
   config.sample.clamp = True  # Snap x̂0 to its nearest embedding row: judge perplexity 715 → 311.
   config.sample.temperature = 0.5  # Sharper x̂0 = softmax(logits/τ) E: judge perplexity 252 → 198.
-  config.sample.warped_grid = False  # Steps uniform in t, though training warps t: judge ppl 20 % lower at 50
-  #                                   steps, 16 % at 200, same entropy (3,000 and 10,000 steps; BENCHMARKS.md).
+  config.sample.warped_grid = False  # Steps uniform in t, though training warps t: judge ppl 12-20 % lower at 50
+  #                                   steps, 5-16 % at 200, same entropy (3,000-10,000 steps; BENCHMARKS.md).
   config.sample.sampler = "renoise"  # z_s ~ q(z_s | x̂0), fresh noise: judge ppl 36.5 → 32.5× real and
   #                                    unigram entropy 3.97 → 4.28 (data 4.64) at 1,500 steps (issue 17).
   return config
