@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_utils  # noqa: E402
 import diffusion_lm  # noqa: E402
-from diffusion_lm import evaluation  # noqa: E402
+from diffusion_lm import cli, evaluation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "name=WORKDIR pairs, in table order.")
@@ -123,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # Bad input (an unknown --sample_settings field) is one line and exit 2.

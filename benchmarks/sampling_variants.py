@@ -13,13 +13,13 @@ import os
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_utils  # noqa: E402
 import diffusion_lm  # noqa: E402
-from diffusion_lm import evaluation  # noqa: E402
+from diffusion_lm import cli, evaluation  # noqa: E402
 from diffusion_lm.config_utils import apply_overrides  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,4 +59,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir", "judge_workdir"])
-  app.run(main)
+  cli.run(main)  # Bad input (an unknown --sample_settings field) is one line and exit 2.

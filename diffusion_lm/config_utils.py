@@ -153,6 +153,12 @@ def check_same_shapes(saved: dict, config: ml_collections.ConfigDict, where: str
     raise CheckpointError(
         f"{where} holds a checkpoint trained with --config.diffusion.objective={saved_config.diffusion.objective!r}, "
         f"not {config.diffusion.objective!r}; resume with the same objective or use a new --workdir")
+  saved_multiplier = saved_config.train.get("embedding_lr_multiplier", 1.0)  # 1.0 before the field existed.
+  if (saved_multiplier != 1.0) != (config.train.embedding_lr_multiplier != 1.0):  # Optimizer-state layout.
+    raise CheckpointError(
+        f"{where} holds a checkpoint trained with --config.train.embedding_lr_multiplier={saved_multiplier}, "
+        f"not {config.train.embedding_lr_multiplier} (its optimizer state differs); resume with "
+        f"--config.train.embedding_lr_multiplier={saved_multiplier} or use a new --workdir")
   for field in SHAPE_FIELDS:
     try:
       saved_value = get_field(saved_config, field)

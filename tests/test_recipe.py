@@ -75,6 +75,23 @@ def test_the_embedding_learning_rate_multiplier_scales_only_the_embedding_update
     jax.tree.map(np.testing.assert_array_equal, updates[4.0][name], updates[1.0][name])
 
 
+def test_resuming_with_another_embedding_learning_rate_layout_names_the_field():
+  # k ≠ 1 adds an optimizer-state entry, so a k = 1 checkpoint (or one saved before the field existed)
+  # cannot resume under k = 10: one clear error naming the flag that would resume it, nothing touched.
+  from configs import e2e
+  from diffusion_lm import config_utils
+  from diffusion_lm.errors import CheckpointError
+  saved = config_utils.to_dict(e2e.get_config())
+  del saved["train"]["embedding_lr_multiplier"]
+  with pytest.raises(CheckpointError, match=r"--config.train.embedding_lr_multiplier=1.0 or use a new --workdir"):
+    config_utils.check_same_shapes(saved, e2e.get_config(), "runs/e2e")
+  unchanged = e2e.get_config()
+  unchanged.train.embedding_lr_multiplier = 1.0
+  config_utils.check_same_shapes(saved, unchanged, "runs/e2e")  # k = 1 both: resumes.
+  saved["train"]["embedding_lr_multiplier"] = 4.0
+  config_utils.check_same_shapes(saved, e2e.get_config(), "runs/e2e")  # k ≠ 1 both: same layout.
+
+
 def test_the_sampling_grid_follows_time_warping_only_when_asked():
   # sample.warped_grid=False spaces the steps uniformly in t even when training learned a warp.
   from diffusion_lm import diffusion_pipeline
