@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "sqrt"  # Noise schedule: "sqrt" (Diffusion-LM), "cosine", "linear_logsnr",
   #                             or "learned" (monotone, trained with objective="vlb"; VDM / Plaid).
+  diffusion.max_log_snr = ml_collections.config_dict.placeholder(float)  # γ(0), the low-noise end of a "sqrt" or
+  #                                                   "linear_logsnr" schedule; None: the schedule's own (sqrt 4.6).
   diffusion.objective = "e2e"  # Training loss: "e2e" (Diffusion-LM L_e2e-simple), "cdcd"
   #                              (cross-entropy on the denoiser's logits, CDCD) or "vlb" (the
   #                              continuous-time likelihood bound, VDM / Plaid).

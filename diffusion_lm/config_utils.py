@@ -100,6 +100,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.diffusion.schedule == "learned" and config.diffusion.objective != "vlb":
     raise ConfigError("--config.diffusion.schedule=learned needs --config.diffusion.objective=vlb "
                       "(other objectives would push the schedule towards no noise)")
+  max_log_snr = config.diffusion.get("max_log_snr")
+  if max_log_snr is not None and config.diffusion.schedule not in schedules.MAX_LOG_SNR_SCHEDULES:
+    raise ConfigError(f"--config.diffusion.max_log_snr sets the low-noise end of the "
+                      f"{' or '.join(schedules.MAX_LOG_SNR_SCHEDULES)} schedule, not of "
+                      f"{config.diffusion.schedule!r}; leave it unset")
+  if max_log_snr is not None and not 0.0 < max_log_snr <= 11.5:
+    raise ConfigError(f"--config.diffusion.max_log_snr={max_log_snr} is out of range; it must be in (0, 11.5] "
+                      f"(log-SNR at t = 0: above 0 the final tokens are read from a mostly clean vector)")
   if config.diffusion.time_warping and config.diffusion.objective == "vlb":
     raise ConfigError("--config.diffusion.time_warping=True reweights t and would bias the vlb objective; "
                       "use a learned schedule for variance reduction instead")

@@ -29,6 +29,22 @@ def test_sqrt_schedule_endpoints():
   assert alpha_bar(1.0) == pytest.approx(1e-5, rel=1e-3)  # Clipped away from 0.
 
 
+@pytest.mark.parametrize("name", schedules.MAX_LOG_SNR_SCHEDULES)
+def test_max_log_snr_moves_only_the_low_noise_end(name):
+  t = jnp.linspace(0.0, 1.0, 101)
+  moved, own = schedules.get_schedule(name, max_log_snr=2.2)(t), schedules.get_schedule(name)(t)
+  assert float(moved[0]) == pytest.approx(2.2, abs=1e-4)
+  assert float(own[0]) > 4.0, "the schedules' own γ(0) is higher (sqrt 4.6, linear 10)"
+  assert np.all(np.diff(np.asarray(moved)) <= 0), "still decreasing"
+  assert float(moved[-1]) < -9.0, "still nearly pure noise at t=1"
+  np.testing.assert_array_equal(schedules.get_schedule(name, None)(t), own)
+
+
+def test_max_log_snr_on_another_schedule_is_a_clear_error():
+  with pytest.raises(ValueError, match="max_log_snr applies to the sqrt and linear_logsnr schedules, not 'cosine'"):
+    schedules.get_schedule("cosine", max_log_snr=2.0)
+
+
 def test_unknown_schedule_is_a_clear_error():
   with pytest.raises(ValueError, match="unknown schedule 'nope'"):
     schedules.get_schedule("nope")

@@ -286,3 +286,22 @@ def test_adaln_zero_is_refused_for_kinds_that_do_not_use_it():
   from diffusion_lm.errors import ConfigError
   with pytest.raises(ConfigError, match="time_conditioning=adaln_zero is for the diffusion denoiser"):
     config_utils.validate(tiny_config(**{"model.kind": "autoregressive", "model.time_conditioning": "adaln_zero"}))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"diffusion.schedule": "cosine", "diffusion.max_log_snr": 2.0}, "sets the low-noise end of the sqrt or"),
+    ({"diffusion.max_log_snr": -1.0}, "max_log_snr=-1.0 is out of range"),
+])
+def test_max_log_snr_is_refused_where_it_does_not_apply(overrides, message):
+  from diffusion_lm import config_utils
+  from diffusion_lm.errors import ConfigError
+  with pytest.raises(ConfigError, match=message):
+    config_utils.validate(tiny_config(**overrides))
+
+
+def test_the_denoiser_follows_max_log_snr():
+  config = tiny_config(**{"diffusion.max_log_snr": 2.2})
+  kind = kinds.get("diffusion")
+  model = kind.build_model(config, 50)
+  variables = kind.init_variables(model, config, jax.random.key(0))
+  assert float(model.apply(variables, jnp.zeros(()), method=model.log_snr)) == pytest.approx(2.2, abs=1e-4)

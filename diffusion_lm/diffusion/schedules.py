@@ -9,6 +9,8 @@ Example:
   >>> alpha, sigma = process.alpha_sigma(schedule(jnp.array([0.0, 0.5, 1.0])))
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,16 +54,33 @@ SCHEDULES: dict[str, LogSnrFn] = {
 }
 
 
-def get_schedule(name: str) -> LogSnrFn:
+# Schedules whose log-SNR at t = 0 can be set (`get_schedule(name, max_log_snr)`).
+MAX_LOG_SNR_SCHEDULES = ("sqrt", "linear_logsnr")
+
+
+def get_schedule(name: str, max_log_snr: float | None = None) -> LogSnrFn:
   """Returns the fixed log-SNR function called `name` (one of SCHEDULES).
 
-  The "learned" schedule has parameters: it lives in the denoiser (`DenoiserFns.log_snr`).
+  `max_log_snr` (None: the schedule's own) moves the low-noise end γ(0), the endpoint VDM and
+  Plaid learn: for "sqrt" through its offset s = sigmoid(−γ(0))² (Diffusion-LM's s = 1e-4 is
+  γ(0) = 4.6), for "linear_logsnr" directly. The "learned" schedule has parameters: it lives in
+  the denoiser (`DenoiserFns.log_snr`).
+
+  Example:
+    >>> get_schedule("sqrt", max_log_snr=2.2)(jnp.zeros(()))  # ≈ 2.2
   """
   if name == "learned":
     raise ValueError("the learned schedule has parameters: use the bound model's `fns.log_snr`")
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} or 'learned'")
-  return SCHEDULES[name]
+  if max_log_snr is None:
+    return SCHEDULES[name]
+  if name not in MAX_LOG_SNR_SCHEDULES:
+    raise ValueError(f"max_log_snr applies to the {' and '.join(MAX_LOG_SNR_SCHEDULES)} schedules, not {name!r}")
+  if name == "sqrt":
+    offset = (1.0 / (1.0 + math.exp(max_log_snr))) ** 2
+    return lambda t: sqrt_log_snr(t, offset)
+  return lambda t: linear_log_snr(t, log_snr_max=max_log_snr)
 
 
 class LearnedSchedule(nn.Module):

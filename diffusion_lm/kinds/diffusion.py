@@ -20,7 +20,8 @@ TIME_WARP_DECAY = 0.99  # EMA decay of the per-bin loss profile behind time warp
 
 
 def build_model(config, vocab_size: int) -> Denoiser:
-  return denoiser_from_config(config.model, vocab_size, config.data.seq_len, config.diffusion.schedule)
+  return denoiser_from_config(config.model, vocab_size, config.data.seq_len, config.diffusion.schedule,
+                              config.diffusion.get("max_log_snr"))
 
 
 def init_variables(model, config, rng):

@@ -52,6 +52,7 @@ class Denoiser(nn.Module):
   self_conditioning: bool = False
   normalize_embeddings: bool = False
   schedule: str = "sqrt"
+  max_log_snr: float | None = None  # γ(0) of a fixed schedule (None: the schedule's own).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
@@ -86,7 +87,7 @@ class Denoiser(nn.Module):
     """The noise schedule's log-SNR γ(t): fixed by name, or learned (then it has parameters)."""
     if self.schedule == "learned":
       return self.learned_schedule(t, freeze_interior, freeze_endpoints)
-    return schedules.get_schedule(self.schedule)(t)
+    return schedules.get_schedule(self.schedule, self.max_log_snr)(t)
 
   def table(self) -> jax.Array:
     """The embedding table E, with rows rescaled to norm √d when `normalize_embeddings` (CDCD)."""
@@ -142,14 +143,16 @@ def output_prior_logits(noisy_BLD: jax.Array, embedding_VD: jax.Array, log_snr_B
           - 0.5 * (alpha_B ** 2 / sigma_B ** 2)[:, None, None] * norms_V)
 
 
-def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: str = "sqrt") -> Denoiser:
-  """Builds the Denoiser described by `config.model` (and `config.diffusion.schedule`)."""
+def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: str = "sqrt",
+                         max_log_snr: float | None = None) -> Denoiser:
+  """Builds the Denoiser described by `config.model` (and `config.diffusion`'s schedule)."""
   return Denoiser(
       vocab_size=vocab_size, embed_dim=model_config.embed_dim, d_model=model_config.d_model,
       num_layers=model_config.num_layers, num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim,
       max_len=max_len, dropout=model_config.dropout, parameterization=model_config.parameterization,
       self_conditioning=model_config.self_conditioning,
-      normalize_embeddings=model_config.normalize_embeddings, schedule=schedule, remat=model_config.remat,
+      normalize_embeddings=model_config.normalize_embeddings, schedule=schedule, max_log_snr=max_log_snr,
+      remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
       time_conditioning=model_config.get("time_conditioning", "input"))
