@@ -49,6 +49,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.attention = "auto"  # jax.nn.dot_product_attention implementation: "auto" (jax's choice,
   #                           XLA in jax 0.10), "xla", or "cudnn" (fused flash attention; NVIDIA
   #                           GPU with model.dtype=bfloat16 only).
+  model.positions = "learned"  # "learned" (a table added to the input; BERT, Diffusion-LM) or "rotary" (RoPE on
+  #                               queries and keys, so attention sees relative offsets; Plaid, MDLM, SEDD).
   model.tie_embeddings = True  # Autoregressive only: output head = input embedding table (Eᵀ).
   model.output_prior = False  # Categorical diffusion: logits += log N(z; αE[w], σ²) (Plaid's single-token
   #                             posterior), the output layer starting at zero; the network learns the rest.

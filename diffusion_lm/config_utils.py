@@ -29,6 +29,7 @@ CHOICES = {
     "model.time_conditioning": denoiser.TIME_CONDITIONINGS,
     "model.dtype": transformer.COMPUTE_DTYPES,
     "model.attention": tuple(transformer.ATTENTION_IMPLEMENTATIONS),
+    "model.positions": transformer.POSITIONS,
     "diffusion.schedule": (*schedules.SCHEDULES, "learned"),
     "diffusion.objective": tuple(objectives.OBJECTIVES),
     "sample.sampler": tuple(samplers.STEPS),
@@ -52,7 +53,7 @@ RANGES = (
 SHAPE_FIELDS = ("data.seq_len", "data.conditional", "data.tokenizer", "data.vocab_size", "model.kind", "model.embed_dim",
                 "model.d_model", "model.num_layers", "model.num_heads", "model.mlp_dim",
                 "model.parameterization", "model.self_conditioning", "model.tie_embeddings", "diffusion.time_warping",
-                "diffusion.time_warp_bins", "model.time_conditioning")
+                "diffusion.time_warp_bins", "model.time_conditioning", "model.positions")
 
 
 def get_field(config, dotted: str):

@@ -43,8 +43,14 @@ def ar_model_and_params():
   return kinds.get(config.model.kind).build_model(config, VOCAB), _random_params(kinds.get(config.model.kind).build_model(config, VOCAB), config)
 
 
-def test_cached_step_logits_equal_the_full_causal_forward(ar_model_and_params):
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_cached_step_logits_equal_the_full_causal_forward(ar_model_and_params, positions):
   model, params = ar_model_and_params
+  if positions == "rotary":  # The cache must rotate each new key by its own position, not by 0.
+    config = tiny_config(**{"model.kind": "autoregressive", "model.num_heads": 4, "data.seq_len": 12,
+                            "model.tie_embeddings": False, "model.positions": "rotary"})
+    model = kinds.get(config.model.kind).build_model(config, VOCAB)
+    params = _random_params(model, config)
   tokens_BL = jax.random.randint(jax.random.key(1), (3, 12), 4, VOCAB)
   full_BLV = model.apply({"params": params}, tokens_BL)
   decoder = model.clone(decode=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from diffusion_lm import kinds, trainer, train_state
+from diffusion_lm import kinds, parallel, trainer, train_state
 from diffusion_lm.diffusion import samplers, schedules, time_warping
 from diffusion_lm.diffusion.model_fns import bind_denoiser
 
@@ -132,7 +132,9 @@ def test_self_conditioning_changes_the_output_only_when_enabled(enabled):
      "model.output_prior": True},
     {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
      "model.time_conditioning": "adaln_zero"},
-], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero"])
+    {"diffusion.objective": "cdcd", "model.parameterization": "categorical", "model.normalize_embeddings": True,
+     "model.positions": "rotary"},
+], ids=["e2e", "cdcd", "vlb", "cdcd_output_prior", "cdcd_adaln_zero", "cdcd_rotary"])
 def test_each_objective_loss_decreases_on_the_tiny_config(overrides):
   config = tiny_config(**{"train.num_steps": 60, "train.warmup_steps": 5, "train.learning_rate": 3e-3, **overrides})
   model, optimizer, state = _model_and_params(config)
@@ -305,3 +307,25 @@ def test_the_denoiser_follows_max_log_snr():
   model = kind.build_model(config, 50)
   variables = kind.init_variables(model, config, jax.random.key(0))
   assert float(model.apply(variables, jnp.zeros(()), method=model.log_snr)) == pytest.approx(2.2, abs=1e-4)
+
+
+def test_rotary_attention_sees_relative_offsets_only():
+  from diffusion_lm.models import transformer
+  query_1LHK, key_1LHK = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, 8))
+  score = lambda m, n: float(jnp.sum(transformer.rotate(query_1LHK, jnp.array([m])) *
+                                     transformer.rotate(key_1LHK, jnp.array([n]))))
+  assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-4)
+  assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+  assert score(0, 0) == pytest.approx(float(jnp.sum(query_1LHK * key_1LHK)), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind_name", ["diffusion", "autoregressive", "masked"])
+def test_rotary_backbones_have_no_position_table(kind_name):
+  config = tiny_config(**{"model.kind": kind_name, "model.positions": "rotary"})
+  kind = kinds.get(kind_name)
+  model = kind.build_model(config, 50)
+  params = parallel.strip_boxes(kind.init_variables(model, config, jax.random.key(0))["params"])
+  assert "positions" not in params["backbone"]
+  learned = parallel.strip_boxes(kind.init_variables(kind.build_model(tiny_config(**{"model.kind": kind_name}), 50),
+                                                     tiny_config(**{"model.kind": kind_name}), jax.random.key(0))["params"])
+  assert learned["backbone"]["positions"].shape[0] == config.data.seq_len

@@ -40,6 +40,7 @@ class AutoregressiveLM(nn.Module):
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
+  positions: str = "learned"  # transformer.POSITIONS: a learned table or rotary (RoPE).
   decode: bool = False  # KV-cached decoding (diffusion_lm/decoding.py): `next_logits` one step at a time.
 
   def setup(self):
@@ -48,7 +49,7 @@ class AutoregressiveLM(nn.Module):
     self.backbone = transformer.Transformer(
         self.d_model, self.num_layers, self.num_heads, self.mlp_dim, self.max_len, self.dropout,
         causal=True, remat=self.remat, dtype=self.dtype, decode=self.decode, attention=self.attention,
-        name="backbone")
+        positions=self.positions, name="backbone")
     if not self.tie_embeddings:
       self.output_head = nn.Dense(self.vocab_size, dtype=self.dtype, name="output_head",
                                   kernel_init=transformer.dense_init((axes.EMBED, axes.VOCAB)),
@@ -98,4 +99,5 @@ def autoregressive_from_config(model_config, vocab_size: int, max_len: int, bos_
       vocab_size=vocab_size, d_model=model_config.d_model, num_layers=model_config.num_layers,
       num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim, max_len=max_len, bos_id=bos_id,
       dropout=model_config.dropout, tie_embeddings=model_config.get("tie_embeddings", True),
-      remat=model_config.remat, dtype=jnp.dtype(model_config.dtype), attention=model_config.attention)
+      remat=model_config.remat, dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
+      positions=model_config.get("positions", "learned"))

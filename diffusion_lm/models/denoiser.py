@@ -56,6 +56,7 @@ class Denoiser(nn.Module):
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
+  positions: str = "learned"  # transformer.POSITIONS: a learned table or rotary (RoPE).
   output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
   time_conditioning: str = "input"  # TIME_CONDITIONINGS.
 
@@ -75,7 +76,8 @@ class Denoiser(nn.Module):
                      for i, width in enumerate((self.d_model, time_width))]
     self.backbone = transformer.Transformer(
         self.d_model, self.num_layers, self.num_heads, self.mlp_dim, self.max_len, self.dropout,
-        causal=False, remat=self.remat, dtype=self.dtype, attention=self.attention, name="backbone")
+        causal=False, remat=self.remat, dtype=self.dtype, attention=self.attention, positions=self.positions,
+        name="backbone")
     out_features, out_axes = ((self.vocab_size, (axes.EMBED, axes.VOCAB)) if self.parameterization == "categorical"
                               else (self.embed_dim, (axes.EMBED, axes.EMBED_SMALL)))
     # With the output prior the network starts at zero: its first logits are the prior's (Plaid).
@@ -155,4 +157,5 @@ def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: 
       remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
-      time_conditioning=model_config.get("time_conditioning", "input"))
+      time_conditioning=model_config.get("time_conditioning", "input"),
+      positions=model_config.get("positions", "learned"))

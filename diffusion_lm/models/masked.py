@@ -31,6 +31,7 @@ class MaskedLM(nn.Module):
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
   attention: str = "auto"  # jax.nn.dot_product_attention implementation (transformer.ATTENTION_IMPLEMENTATIONS).
+  positions: str = "learned"  # transformer.POSITIONS: a learned table or rotary (RoPE).
 
   @property
   def mask_id(self) -> int:
@@ -42,7 +43,8 @@ class MaskedLM(nn.Module):
         nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)), (self.vocab_size + 1, self.d_model))
     self.backbone = transformer.Transformer(
         self.d_model, self.num_layers, self.num_heads, self.mlp_dim, self.max_len, self.dropout,
-        causal=False, remat=self.remat, dtype=self.dtype, attention=self.attention, name="backbone")
+        causal=False, remat=self.remat, dtype=self.dtype, attention=self.attention, positions=self.positions,
+        name="backbone")
 
   def __call__(self, z_BL: jax.Array, deterministic: bool = True) -> jax.Array:
     # As in the AR model: unit-variance rows scaled by 1/√d in, the tied table (less MASK) out.
@@ -58,4 +60,4 @@ def masked_from_config(model_config, vocab_size: int, max_len: int) -> MaskedLM:
       vocab_size=vocab_size, d_model=model_config.d_model, num_layers=model_config.num_layers,
       num_heads=model_config.num_heads, mlp_dim=model_config.mlp_dim, max_len=max_len,
       dropout=model_config.dropout, remat=model_config.remat, dtype=jnp.dtype(model_config.dtype),
-      attention=model_config.attention)
+      attention=model_config.attention, positions=model_config.get("positions", "learned"))

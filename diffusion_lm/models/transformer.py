@@ -36,6 +36,10 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
 # (XLA in jax 0.10), "xla" is the portable einsum-softmax-einsum, "cudnn" the fused cuDNN
 # flash-attention kernel (NVIDIA GPUs, bf16/fp16 compute only).
 ATTENTION_IMPLEMENTATIONS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+# config.model.positions: a learned table added to the input (BERT, Diffusion-LM), or rotary
+# embeddings of queries and keys (RoPE, Su et al. 2021; Plaid, MDLM, SEDD), which make attention
+# see relative offsets.
+POSITIONS = ("learned", "rotary")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # config.model.dtype; parameters stay float32.
 
 
@@ -45,6 +49,23 @@ def attention_implementation(name: str) -> str | None:
     raise UserError(f"--config.model.attention=cudnn needs an NVIDIA GPU, not {jax.default_backend()}; "
                     "use auto")
   return ATTENTION_IMPLEMENTATIONS[name]
+
+
+def rotate(x_BLHK: jax.Array, positions_L: jax.Array, base: float = 10000.0) -> jax.Array:
+  """Rotary position embedding: each pair (x_i, x_{i+K/2}) turned by positions · base^(−2i/K).
+
+  The dot product of a rotated query at position m and a rotated key at n depends on m − n only.
+
+  Example:
+    >>> rotate(query_BLHK, jnp.arange(query_BLHK.shape[1]))
+  """
+  half = x_BLHK.shape[-1] // 2
+  frequencies_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_LF = positions_L.astype(jnp.float32)[:, None] * frequencies_F[None, :]
+  cos_L1F, sin_L1F = jnp.cos(angles_LF)[:, None, :], jnp.sin(angles_LF)[:, None, :]
+  first, second = x_BLHK[..., :half].astype(jnp.float32), x_BLHK[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate([first * cos_L1F - second * sin_L1F, second * cos_L1F + first * sin_L1F], axis=-1)
+  return rotated.astype(x_BLHK.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -60,6 +81,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   decode: bool = False
   attention: str = "auto"  # jax.nn.dot_product_attention's implementation; see ATTENTION_IMPLEMENTATIONS.
+  rotary: bool = False  # Rotate queries and keys by their positions (RoPE).
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
@@ -73,6 +95,10 @@ class SelfAttention(nn.Module):
           (d_model, self.num_heads, head_dim))
       return jnp.einsum("bld,dhk->blhk", x_BLD, kernel_DHK.astype(self.dtype))
     query_BLHK, key_BLHK, value_BLHK = project("query"), project("key"), project("value")
+    if self.rotary:  # A cached decode continues at the cache's next position.
+      start = self.get_variable("cache", "cache_index") if self.decode and self.has_variable("cache", "cache_index") else 0
+      positions_L = start + jnp.arange(x_BLD.shape[1])
+      query_BLHK, key_BLHK = rotate(query_BLHK, positions_L), rotate(key_BLHK, positions_L)
     if self.decode:
       attended_BLHK = self._cached_attention(query_BLHK, key_BLHK, value_BLHK)
     else:
@@ -153,12 +179,14 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
   decode: bool = False
   attention: str = "auto"
+  rotary: bool = False
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
                conditioning_BC: jax.Array | None = None) -> jax.Array:
     drop = nn.Dropout(self.dropout, deterministic=deterministic)
-    attention = SelfAttention(self.num_heads, self.causal, self.dtype, self.decode, self.attention, name="attention")
+    attention = SelfAttention(self.num_heads, self.causal, self.dtype, self.decode, self.attention, self.rotary,
+                              name="attention")
     mlp = MlpBlock(self.mlp_dim, self.dtype, name="mlp")
     if conditioning_BC is None:
       x_BLD = x_BLD + drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD)))
@@ -176,7 +204,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Learned positions + `num_layers` blocks + final LayerNorm, on [batch, length, d_model]."""
+  """Positions (learned or rotary) + `num_layers` blocks + final LayerNorm, on [batch, length, d_model]."""
 
   d_model: int
   num_layers: int
@@ -189,21 +217,25 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32
   decode: bool = False  # Causal only: cached decoding (see SelfAttention), L' new positions per call.
   attention: str = "auto"  # Attention implementation (ATTENTION_IMPLEMENTATIONS).
+  positions: str = "learned"  # One of POSITIONS.
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
                conditioning_BC: jax.Array | None = None) -> jax.Array:
     """`conditioning_BC` (optional): a per-example vector every block is modulated by (adaLN-zero)."""
     length = x_BLD.shape[1]
-    positions_LD = self.param("positions", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (axes.LENGTH, axes.EMBED)), (self.max_len, self.d_model))
-    if self.decode:
-      positions_LD = self._decode_positions(positions_LD, length)
-    x_BLD = constrain((x_BLD + positions_LD[:length]).astype(self.dtype), axes.ACTIVATION_BLD)
+    if self.positions == "learned":
+      positions_LD = self.param("positions", nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), (axes.LENGTH, axes.EMBED)), (self.max_len, self.d_model))
+      if self.decode:
+        positions_LD = self._decode_positions(positions_LD, length)
+      x_BLD = x_BLD + positions_LD[:length]
+    x_BLD = constrain(x_BLD.astype(self.dtype), axes.ACTIVATION_BLD)
     block_class = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
     for layer in range(self.num_layers):
       x_BLD = block_class(self.num_heads, self.mlp_dim, self.dropout, self.causal, self.dtype,
-                          decode=self.decode, attention=self.attention, name=f"block_{layer}")(
+                          decode=self.decode, attention=self.attention, rotary=self.positions == "rotary",
+                          name=f"block_{layer}")(
                               x_BLD, deterministic, conditioning_BC)
     return layer_norm(self.dtype, "ln_final")(x_BLD)
 
