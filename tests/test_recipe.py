@@ -329,3 +329,20 @@ def test_rotary_backbones_have_no_position_table(kind_name):
   learned = parallel.strip_boxes(kind.init_variables(kind.build_model(tiny_config(**{"model.kind": kind_name}), 50),
                                                      tiny_config(**{"model.kind": kind_name}), jax.random.key(0))["params"])
   assert learned["backbone"]["positions"].shape[0] == config.data.seq_len
+
+
+def test_bound_profile_bins_add_up_to_the_diffusion_integral():
+  """An oracle whose x̂0 misses by a constant c: the bins must sum to ½ c (e^γ(0) − e^γ(1)) per position."""
+  from diffusion_lm.diffusion.model_fns import DenoiserFns
+  bound_profile = _benchmark_module("bound_profile")
+  table_VD = jax.random.normal(jax.random.key(0), (12, 3))
+  tokens_BL = jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]])  # 5 text tokens, 3 PAD.
+  offset_D = jnp.array([0.1, -0.2, 0.05])
+  fns = DenoiserFns(embed=lambda tokens: table_VD[tokens], round_logits=lambda x: x @ table_VD.T,
+                    denoise=lambda noisy, t, self_cond=None: (jnp.zeros((*tokens_BL.shape, 12)),
+                                                             table_VD[tokens_BL] + offset_D),
+                    embedding_table=table_VD, log_snr=schedules.get_schedule("sqrt", max_log_snr=2.2))
+  result = bound_profile.profile(fns, tokens_BL, jnp.ones_like(tokens_BL, bool), num_bins=400)
+  per_position = 0.5 * float(jnp.sum(offset_D ** 2)) * (np.exp(2.2) - np.exp(result["log_snr_range"][0]))
+  assert result["text_nats"] == pytest.approx(per_position, rel=1e-3)
+  assert result["pad_nats"] == pytest.approx(per_position * 3 / 5, rel=1e-3)
