@@ -218,6 +218,7 @@ def test_e2e_default_is_the_ablation_winner():
   assert default.model.normalize_embeddings and default.diffusion.time_warping and default.sample.clamp
   assert not default.model.self_conditioning and default.train.learning_rate == 3e-3
   assert not default.sample.warped_grid  # Trained on warped t, sampled on a uniform grid (BENCHMARKS.md).
+  assert default.model.positions == "rotary" and default.diffusion.max_log_snr == 2.2  # Session 12's levers.
   assert (diffusion_lm.diffusion.objective, diffusion_lm.model.parameterization) == ("e2e", "direct")
 
 
