@@ -4,7 +4,8 @@ Reads the JSON that benchmarks/kinds.py writes for workdirs of each kind trained
 (same batch, backbone and data: equal compute per step, so steps measure compute), all judged by
 one AR judge. Prints, per kind, judge perplexity ÷ real sentences' and unigram entropy against
 training steps, and the **multiplier**: how many times the AR twin's training compute a diffusion
-kind needs to reach the AR twin's quality at `--reference_steps`. The crossing is interpolated
+kind needs to reach the AR twin's quality at `--reference_steps` (against each AR series in the
+tables, e.g. the twin before and after a backbone change). The crossing is interpolated
 linearly in (log steps, log ratio) between the two measured budgets around it; when no measured
 budget reaches it, the multiplier is a lower bound (and a power-law extrapolation from the last two
 points is printed, marked as such). With `--plot`, both panels go to a PNG.
@@ -60,24 +61,25 @@ def crossing_multiplier(points: list[tuple[int, float]], target: float, referenc
 
 
 def curves(rows: list[dict], sample_steps: str) -> dict[str, list[dict]]:
-  """series → points sorted by training steps: {steps, ratio, unigram_entropy, real_unigram_entropy, nll}.
+  """series → points sorted by training steps: {steps, ratio, unigram_entropy, real_unigram_entropy, nll, ar}.
 
   A row named "SERIES@STEPS" (kinds.py's --workdirs=SERIES@STEPS=DIR) belongs to SERIES, so two
-  recipes of one kind are two curves; other rows are grouped by their kind. The autoregressive
-  series is the one whose rows are of the autoregressive kind.
+  recipes of one kind (or two AR twins, e.g. before and after a backbone change) are two curves;
+  other rows are grouped by their kind. `ar` marks the autoregressive series.
   """
   by_kind = {}
   for row in rows:
-    figures = row["by_steps"]["AR" if row["kind"] == "autoregressive" else sample_steps]
-    series = "autoregressive" if row["kind"] == "autoregressive" else row.get("name", row["kind"]).split("@")[0]
+    is_ar = row["kind"] == "autoregressive"
+    figures = row["by_steps"]["AR" if is_ar else sample_steps]
+    series = row.get("name", row["kind"]).split("@")[0]
     by_kind.setdefault(series, []).append(
         {"steps": row["train_steps"], "ratio": figures["ratio"], "unigram_entropy": figures["unigram_entropy"],
          "real_unigram_entropy": figures["real_unigram_entropy"], "nll": row["nll_nats_per_token"],
-         "exact": row["exact"]})
+         "exact": row["exact"], "ar": is_ar})
   return {kind: sorted(points, key=lambda p: p["steps"]) for kind, points in by_kind.items()}
 
 
-def plot(curves_by_kind: dict[str, list[dict]], target: float, path: str) -> None:
+def plot(curves_by_kind: dict[str, list[dict]], targets: dict[str, float], path: str) -> None:
   import matplotlib
   import matplotlib.ticker
   matplotlib.use("Agg")
@@ -88,7 +90,8 @@ def plot(curves_by_kind: dict[str, list[dict]], target: float, path: str) -> Non
     quality_axis.plot(steps, [p["ratio"] for p in points], "o-", label=kind)
     entropy_axis.plot(steps, [p["unigram_entropy"] for p in points], "o-", label=kind)
   real_entropy = next(iter(curves_by_kind.values()))[0]["real_unigram_entropy"]
-  quality_axis.axhline(target, color="grey", linestyle="--", label=f"AR at {FLAGS.reference_steps} steps")
+  for (series, target), style in zip(targets.items(), ("--", ":", "-.")):
+    quality_axis.axhline(target, color="grey", linestyle=style, label=f"{series} at {FLAGS.reference_steps} steps")
   entropy_axis.axhline(real_entropy, color="grey", linestyle="--", label="real sentences")
   quality_axis.set(xscale="log", yscale="log", xlabel="training steps (equal compute per step)",
                    ylabel="judge perplexity ÷ real sentences'")
@@ -114,10 +117,10 @@ def main(argv):
     with open(path) as f:
       rows += json.load(f)["rows"]
   curves_by_kind = curves(rows, FLAGS.diffusion_sample_steps)
-  ar_points = {p["steps"]: p for p in curves_by_kind.get("autoregressive", [])}
-  if FLAGS.reference_steps not in ar_points:
+  targets = {series: point["ratio"] for series, points in curves_by_kind.items() for point in points
+             if point["ar"] and point["steps"] == FLAGS.reference_steps}
+  if not targets:
     raise app.UsageError(f"the table has no autoregressive row trained {FLAGS.reference_steps} steps")
-  target = ar_points[FLAGS.reference_steps]["ratio"]
   print("| kind | steps | judge ppl ÷ real | unigram entropy (real) | NLL (nats/token) |")
   print("|---|---:|---:|---:|---:|")
   for kind, points in curves_by_kind.items():
@@ -125,12 +128,13 @@ def main(argv):
       print(f"| {kind} | {p['steps']} | {p['ratio']:.2f} | {p['unigram_entropy']:.2f} "
             f"({p['real_unigram_entropy']:.2f}) | {p['nll']:.3f}{'' if p['exact'] else ' (bound)'} |")
   for kind, points in curves_by_kind.items():
-    if kind == "autoregressive":
+    if points[0]["ar"]:
       continue
-    result = crossing_multiplier([(p["steps"], p["ratio"]) for p in points], target, FLAGS.reference_steps)
-    print(f"{kind}: multiplier to reach AR@{FLAGS.reference_steps} (judge ratio {target:.2f}): {result}")
+    for series, target in targets.items():
+      result = crossing_multiplier([(p["steps"], p["ratio"]) for p in points], target, FLAGS.reference_steps)
+      print(f"{kind}: multiplier to reach {series}@{FLAGS.reference_steps} (judge ratio {target:.2f}): {result}")
   if FLAGS.plot:
-    plot(curves_by_kind, target, FLAGS.plot)
+    plot(curves_by_kind, targets, FLAGS.plot)
     print(f"wrote {FLAGS.plot}")
 
 

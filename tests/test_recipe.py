@@ -273,14 +273,16 @@ def test_compute_curve_multiplier_interpolates_bounds_and_plots(tmp_path):
            "by_steps": {("AR" if kind == "autoregressive" else "200"): {
                "ratio": ratio, "unigram_entropy": 4.0, "real_unigram_entropy": 4.6}}}
           for name, kind, series in (("ar", "autoregressive", [(500, 6.0), (1500, 1.5)]),
+                                     ("ar_rotary", "autoregressive", [(1500, 30.0)]),
                                      ("default", "diffusion", points), ("adaln", "diffusion", points[:2]))
           for steps, ratio in series]
   table, png = tmp_path / "table.json", tmp_path / "curve.png"
   table.write_text(json.dumps({"rows": rows}))
   result = subprocess.run([sys.executable, os.path.join(BENCHMARKS_DIR, "compute_curve.py"), f"--table={table}",
                            f"--plot={png}"], capture_output=True, text=True, check=True)
-  assert "default: multiplier to reach AR@1500 (judge ratio 1.50)" in result.stdout and "at_least" in result.stdout
+  assert "default: multiplier to reach ar@1500 (judge ratio 1.50)" in result.stdout and "at_least" in result.stdout
   assert "adaln: multiplier" in result.stdout  # Two recipes of one kind are two curves.
+  assert "default: multiplier to reach ar_rotary@1500 (judge ratio 30.00)" in result.stdout  # Each AR twin a target.
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
