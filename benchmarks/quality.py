@@ -67,7 +67,7 @@ VARIANTS = {
     "e2e_output_prior": (DEFAULT | {"model.output_prior": True},
                          "+ Plaid's output prior (single-token posterior added to the logits)"),
     # Round three (issue 17), on configs/e2e.py as it is now (seq 48, renoise sampler):
-    "e2e_current": (CURRENT, "configs/e2e.py now: seq 48, renoise sampler, uniform grid, embeddings at 10× lr, rotary, γ(0) 2.2"),
+    "e2e_current": (CURRENT, "configs/e2e.py now: seq 48, renoise, uniform grid, 10× embedding lr, rotary, γ(0) 2.2"),
     "e2e_adaln": (CURRENT | {"model.time_conditioning": "adaln_zero"},
                   "+ adaLN-zero time conditioning (DiT / MDLM), modulation from a d_model/4 time vector"),
     "vlb_learned": (CATEGORICAL | SELFCOND | {"diffusion.objective": "vlb", "diffusion.schedule": "learned"},

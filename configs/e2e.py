@@ -34,12 +34,14 @@ def get_config():
   config.train.warmup_steps = 50  # Half of base's: the budget is short.
   config.train.embedding_lr_multiplier = 10.0  # Plaid's faster embedding table: at 3,000 steps judge ppl 2.5× real
   #                                              instead of 4.3×, bound 3.06 vs 3.24 (BENCHMARKS.md, "Embedding learning rate").
-  config.model.positions = "rotary"  # RoPE instead of a learned position table: at 1,500 steps judge ppl 1.5× real
-  #                                    sentences' instead of 19.6×, bound 3.42 vs 4.58 (BENCHMARKS.md, "Rotary positions").
-  config.diffusion.max_log_snr = 2.2  # γ(0) of the sqrt schedule (4.6 by default): the bound stops paying e^γ ≈ 100
-  #                                     for the last 0.01 nats of an x̂0 that is already right; with rotary 2.85 vs 3.42.
+  config.model.positions = "rotary"  # RoPE, not a learned position table: at 1,500 steps judge ppl 1.5× real
+  #                                    sentences' instead of 19.6×, bound 3.42 vs 4.58 (BENCHMARKS.md, "Rotary
+  #                                    positions").
+  config.diffusion.max_log_snr = 2.2  # γ(0) of the sqrt schedule (4.6 by default): the bound stops paying e^γ ≈
+  #                                     100 for the last 0.01 nats of an x̂0 already right; with rotary 2.85 vs 3.42.
   config.train.num_steps = 3000  # ~15 minutes on the 2-core CPU: judge perplexity 1.08× real sentences' (the AR
-  #                                twin at 3,000 steps: 1.06×), unigram entropy within 8 % of the data's (BENCHMARKS.md).
+  #                                twin at 3,000 steps: 1.06×), unigram entropy within 8 % of the data's
+  #                                (BENCHMARKS.md).
   config.data.seq_len = 48  # 64 left 69 % of every row PAD: 48 runs 1.41× the steps per second, keeps 99.4 % of
   #                           references whole, and scored as well at 1,500 steps (bound 5.10 vs 5.34, judge ppl
   #                           26× vs 32.5× real; BENCHMARKS.md, "Where the training compute goes").

@@ -329,8 +329,9 @@ def test_rotary_backbones_have_no_position_table(kind_name):
   model = kind.build_model(config, 50)
   params = parallel.strip_boxes(kind.init_variables(model, config, jax.random.key(0))["params"])
   assert "positions" not in params["backbone"]
-  learned = parallel.strip_boxes(kind.init_variables(kind.build_model(tiny_config(**{"model.kind": kind_name}), 50),
-                                                     tiny_config(**{"model.kind": kind_name}), jax.random.key(0))["params"])
+  learned_config = tiny_config(**{"model.kind": kind_name})
+  learned = parallel.strip_boxes(kind.init_variables(kind.build_model(learned_config, 50), learned_config,
+                                                     jax.random.key(0))["params"])
   assert learned["backbone"]["positions"].shape[0] == config.data.seq_len
 
 

@@ -96,7 +96,8 @@ class SelfAttention(nn.Module):
       return jnp.einsum("bld,dhk->blhk", x_BLD, kernel_DHK.astype(self.dtype))
     query_BLHK, key_BLHK, value_BLHK = project("query"), project("key"), project("value")
     if self.rotary:  # A cached decode continues at the cache's next position.
-      start = self.get_variable("cache", "cache_index") if self.decode and self.has_variable("cache", "cache_index") else 0
+      cached = self.decode and self.has_variable("cache", "cache_index")
+      start = self.get_variable("cache", "cache_index") if cached else 0
       positions_L = start + jnp.arange(x_BLD.shape[1])
       query_BLHK, key_BLHK = rotate(query_BLHK, positions_L), rotate(key_BLHK, positions_L)
     if self.decode:
