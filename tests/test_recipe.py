@@ -75,6 +75,20 @@ def test_the_embedding_learning_rate_multiplier_scales_only_the_embedding_update
     jax.tree.map(np.testing.assert_array_equal, updates[4.0][name], updates[1.0][name])
 
 
+def test_resuming_a_learned_position_workdir_under_rotary_names_the_field():
+  # A workdir saved before model.positions existed (a learned table) cannot resume as rotary: one line.
+  from configs import e2e
+  from diffusion_lm import config_utils
+  from diffusion_lm.errors import CheckpointError
+  saved = config_utils.to_dict(e2e.get_config())
+  del saved["model"]["positions"]
+  with pytest.raises(CheckpointError, match=r"model.positions: checkpoint 'learned', config 'rotary'"):
+    config_utils.check_same_shapes(saved, e2e.get_config(), "runs/e2e")
+  resumed = e2e.get_config()
+  resumed.model.positions = "learned"
+  config_utils.check_same_shapes(saved, resumed, "runs/e2e")
+
+
 def test_resuming_with_another_embedding_learning_rate_layout_names_the_field():
   # k ≠ 1 adds an optimizer-state entry, so a k = 1 checkpoint (or one saved before the field existed)
   # cannot resume under k = 10: one clear error naming the flag that would resume it, nothing touched.
