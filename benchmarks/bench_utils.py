@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: config specs with overrides, the matmul peak, machine facts.
+"""Shared pieces of the benchmarks: config specs with overrides, the matmul peak, machine facts,
+a trained denoiser on validation rows.
 
 Example:
   >>> config, label = load_config_spec("configs/bench.py:model.dtype=bfloat16,model.remat=True")
@@ -25,6 +26,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # For `from configs import ...` inside config files.
 
 from diffusion_lm import config_utils  # noqa: E402
+from diffusion_lm import workdir as workdir_lib  # noqa: E402
+from diffusion_lm.data import batching, datasets  # noqa: E402
+from diffusion_lm.data.layout import source_mask  # noqa: E402
+from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions  # noqa: E402
 from diffusion_lm.errors import UserError  # noqa: E402
 
 
@@ -172,3 +177,25 @@ def compiled_flops(compiled) -> float | None:
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else None
   return None if not analysis else analysis.get("flops")
+
+
+def denoiser_on_validation(workdir: str, num_rows: int):
+  """(loaded workdir, tokens [B, L], DenoiserFns, scored [B, L]) for a diffusion workdir's first
+  `num_rows` validation rows; a conditional model sees its source clean and only the target is scored.
+
+  Example:
+    >>> loaded, tokens_BL, fns, scored_BL = denoiser_on_validation("runs/e2e", 256)
+  """
+  if num_rows < 1:
+    raise UserError(f"--num_rows={num_rows} must be at least 1")
+  loaded = workdir_lib.load_checkpoint(workdir)
+  config = loaded.config
+  if config.model.kind != "diffusion":
+    raise UserError(f"{workdir} holds a model of kind {config.model.kind!r}; this benchmark needs a diffusion workdir")
+  rows = batching.encode_corpus(datasets.load_texts(config.data, "validation")[:num_rows], loaded.tokenizer,
+                                config.data.seq_len, "pad", config.data.conditional)
+  tokens_BL = jnp.asarray(rows)
+  fns, scored_BL = bind_denoiser(loaded.model, loaded.params), jnp.ones_like(tokens_BL, bool)
+  if config.data.conditional:
+    fns, scored_BL = with_clean_positions(fns, tokens_BL, source_mask(tokens_BL)), ~source_mask(tokens_BL)
+  return loaded, tokens_BL, fns, scored_BL

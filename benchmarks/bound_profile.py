@@ -22,14 +22,13 @@ import numpy as np
 import optax
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from diffusion_lm import cli, workdir as workdir_lib  # noqa: E402
-from diffusion_lm.errors import UserError  # noqa: E402
-from diffusion_lm.data import batching, datasets  # noqa: E402
-from diffusion_lm.data.layout import PAD_ID, source_mask  # noqa: E402
+import bench_utils  # noqa: E402
+from diffusion_lm import cli  # noqa: E402
+from diffusion_lm.data.layout import PAD_ID  # noqa: E402
 from diffusion_lm.diffusion import likelihood, process  # noqa: E402
-from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions  # noqa: E402
+from diffusion_lm.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A diffusion workdir.")
@@ -74,16 +73,9 @@ def profile(fns, tokens_BL: jax.Array, scored_BL: jax.Array, num_bins: int) -> d
 
 def main(argv):
   del argv
-  loaded = workdir_lib.load_checkpoint(FLAGS.workdir)
-  config = loaded.config
-  if config.model.kind != "diffusion":
-    raise UserError(f"{FLAGS.workdir} holds a {config.model.kind} model; the bound profile is for diffusion")
-  rows = batching.encode_corpus(datasets.load_texts(config.data, "validation")[:FLAGS.num_rows], loaded.tokenizer,
-                                config.data.seq_len, "pad", config.data.conditional)
-  tokens_BL = jnp.asarray(rows)
-  fns, scored_BL = bind_denoiser(loaded.model, loaded.params), jnp.ones_like(tokens_BL, bool)
-  if config.data.conditional:
-    fns, scored_BL = with_clean_positions(fns, tokens_BL, source_mask(tokens_BL)), ~source_mask(tokens_BL)
+  if FLAGS.num_bins < 1:
+    raise UserError(f"--num_bins={FLAGS.num_bins} must be at least 1")
+  loaded, tokens_BL, fns, scored_BL = bench_utils.denoiser_on_validation(FLAGS.workdir, FLAGS.num_rows)
   result = profile(fns, tokens_BL, scored_BL, FLAGS.num_bins)
   print("| log-SNR γ | t | text nats/token | PAD nats/token | text ‖x − x̂0‖² | text cross-entropy |")
   print("|---:|---:|---:|---:|---:|---:|")

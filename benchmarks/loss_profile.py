@@ -22,13 +22,12 @@ import numpy as np
 import optax
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from diffusion_lm import workdir as workdir_lib  # noqa: E402
-from diffusion_lm.data import batching, datasets  # noqa: E402
-from diffusion_lm.data.layout import PAD_ID, source_mask  # noqa: E402
+import bench_utils  # noqa: E402
+from diffusion_lm import cli  # noqa: E402
+from diffusion_lm.data.layout import PAD_ID  # noqa: E402
 from diffusion_lm.diffusion import process, time_warping  # noqa: E402
-from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A diffusion workdir.")
@@ -40,22 +39,13 @@ flags.DEFINE_string("output", None, "Write the JSON here.")
 
 def main(argv):
   del argv
-  loaded = workdir_lib.load_checkpoint(FLAGS.workdir)
-  config = loaded.config
-  rows = batching.encode_corpus(datasets.load_texts(config.data, "validation")[:FLAGS.num_rows], loaded.tokenizer,
-                                config.data.seq_len, "pad", config.data.conditional)
-  tokens_BL = jnp.asarray(rows)
-  fns = bind_denoiser(loaded.model, loaded.params)
-  counted_BL = jnp.ones_like(tokens_BL, bool)
-  if config.data.conditional:
-    source_BL = source_mask(tokens_BL)
-    fns, counted_BL = with_clean_positions(fns, tokens_BL, source_BL), ~source_BL
+  loaded, tokens_BL, fns, counted_BL = bench_utils.denoiser_on_validation(FLAGS.workdir, FLAGS.num_rows)
   text_BL, pad_BL = counted_BL & (tokens_BL != PAD_ID), counted_BL & (tokens_BL == PAD_ID)
 
   @jax.jit
   def cross_entropy_at(t, key):
     clean_BLD = fns.embed(tokens_BL)
-    t_B = jnp.full((len(rows),), t)
+    t_B = jnp.full((tokens_BL.shape[0],), t)
     alpha, sigma = process.alpha_sigma(fns.log_snr(t_B))
     noisy_BLD = process.diffuse(clean_BLD, alpha, sigma, jax.random.normal(key, clean_BLD.shape))
     logits_BLV, _ = fns.denoise(noisy_BLD, t_B, None)
@@ -91,4 +81,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

@@ -95,6 +95,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.d_model % config.model.num_heads:
     raise ConfigError(f"--config.model.num_heads={config.model.num_heads} must divide "
                       f"--config.model.d_model={config.model.d_model}")
+  if config.model.get("positions") == "rotary" and (config.model.d_model // config.model.num_heads) % 2:
+    raise ConfigError(f"--config.model.positions=rotary turns pairs of each head's dimensions, so "
+                      f"d_model / num_heads must be even (it is {config.model.d_model // config.model.num_heads}); "
+                      f"change --config.model.num_heads or --config.model.d_model")
   if config.model.attention == "cudnn" and config.model.dtype != "bfloat16":
     raise ConfigError("--config.model.attention=cudnn needs --config.model.dtype=bfloat16 (cuDNN fused "
                       "attention runs in 16-bit); or use --config.model.attention=auto")
