@@ -1,7 +1,8 @@
 """Data-to-text on the E2E test set: diffusion vs its AR twin vs AR-draft → diffusion-refine.
 
 Rows (each one output per test MR, 630 MRs, scored against all ~7 references of each):
-  - the diffusion workdir (configs/e2e_cond.py) at each of `--steps`;
+  - the diffusion workdir (configs/e2e_cond.py) at each of `--steps`, with `--mbr` k (the
+    minimum-Bayes-risk output of k samples) and `--source_guidance` w when given;
   - the AR twin (configs/e2e_cond_ar.py), greedy;
   - AR drafts refined by the diffusion workdir at each of `--strengths` (`--refine_steps` for a full run);
 and for the two models the conditional likelihood of every (MR, reference) test pair: the diffusion
@@ -11,6 +12,8 @@ wall-clock on this machine, batches of 64 compiled beforehand (a first call of e
 Example:
   python benchmarks/data_to_text.py --diffusion_workdir=runs/cond/e2e_cond --ar_workdir=runs/cond/e2e_cond_ar \
       --output=runs/cond/table.json
+  python benchmarks/data_to_text.py --diffusion_workdir=runs/cond/e2e_cond --ar_workdir=runs/cond/e2e_cond_ar \
+      --sections=diffusion --steps=20 --mbr=5 --source_guidance=0.5
 """
 
 import json
@@ -31,6 +34,8 @@ flags.DEFINE_list("strengths", ["0.2", "0.5"], "Refine strengths for the AR draf
 flags.DEFINE_integer("refine_steps", 200, "Steps of a full-strength refine (a strength s runs s × this).")
 flags.DEFINE_integer("max_sources", 0, "Only the first N test MRs (0 = all 630).")
 flags.DEFINE_integer("eval_sequences", 0, "Test pairs for the likelihood (0 = all).")
+flags.DEFINE_integer("mbr", None, "Diffusion rows: keep the minimum-Bayes-risk output of this many samples per MR.")
+flags.DEFINE_float("source_guidance", 0.0, "Diffusion rows: classifier-free guidance weight on the MR.")
 flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "likelihood"], "Which rows to measure.")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
 
@@ -58,9 +63,11 @@ def main(argv):
   generate = lambda workdir, **kwargs: lambda n: evaluation.evaluate_generation(
       workdir, "test", max_sources=n, write=False, **kwargs)
   for steps in map(int, FLAGS.steps if "diffusion" in FLAGS.sections else []):
-    run = generate(diffusion, steps=steps)
+    run = generate(diffusion, steps=steps, mbr=FLAGS.mbr, source_guidance=FLAGS.source_guidance)
     warm(run)
-    rows.append(row(f"diffusion, {steps} steps", run(sources)))
+    options = (f", MBR of {FLAGS.mbr}" if FLAGS.mbr else "") + (f", w = {FLAGS.source_guidance:g}"
+                                                                 if FLAGS.source_guidance else "")
+    rows.append(row(f"diffusion, {steps} steps{options}", run(sources)))
   if "ar" in FLAGS.sections:
     run = generate(diffusion, draft_workdir=ar)
     warm(run)

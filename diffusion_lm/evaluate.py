@@ -15,7 +15,9 @@ likelihood.py), so both kinds divide the probability of the same sentences by th
 `--generate` (conditional workdirs) writes one output per source of the split and scores them
 against all of that source's references: BLEU (sacrebleu) and chrF, and for E2E the slot error rate
 next to the human references'; `--draft_workdir=AR_DIR [--strength=s]` scores AR drafts, or their
-refinement by this workdir. Written to `WORKDIR/eval/generate_<split>[...].json` and `.txt`.
+refinement by this workdir; `--mbr=k` keeps the minimum-Bayes-risk output of k samples per source
+and `--source_guidance=w` guides them on the source. Written to `WORKDIR/eval/generate_<split>[...].json`
+and `.txt`.
 
 `--samples=FILE --judge_workdir=AR_DIR` scores generated text instead: the judge's perplexity
 (generative perplexity) and distinct-n, next to the same figures on as many real validation
@@ -32,6 +34,7 @@ Examples:
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_ar --split=test
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e --text_file=my_sentences.txt
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --steps=200
+  python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --steps=20 --mbr=5 --source_guidance=0.5
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --draft_workdir=/tmp/e2e_cond_ar --strength=0.3
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e --samples=/tmp/e2e/samples.txt \
       --judge_workdir=/tmp/e2e_ar
@@ -51,13 +54,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  if FLAGS.source_guidance and not FLAGS.generate:
-    raise UserError("--source_guidance applies to --generate (a conditional model's outputs for the test sources)")
+  for name in ("source_guidance", "mbr"):
+    if getattr(FLAGS, name) and not FLAGS.generate:
+      raise UserError(f"--{name} applies to --generate (a conditional model's outputs for the test sources)")
   if FLAGS.generate:
     if FLAGS.strength is not None and not FLAGS.draft_workdir:
       raise UserError("--strength refines AR drafts: give --draft_workdir=AR_WORKDIR too")
     report = evaluate_generation(FLAGS.workdir, FLAGS.split, FLAGS.steps, FLAGS.seed, FLAGS.max_sequences,
-                                 FLAGS.draft_workdir, FLAGS.strength, source_guidance=FLAGS.source_guidance)
+                                 FLAGS.draft_workdir, FLAGS.strength, source_guidance=FLAGS.source_guidance,
+                                 mbr=FLAGS.mbr)
     name = report["settings"]["report_name"]
   elif FLAGS.samples:
     if not FLAGS.judge_workdir:
@@ -103,6 +108,8 @@ def run():
   flags.DEFINE_float("strength", None, "With --draft_workdir: refine strength in [0, 1].")
   flags.DEFINE_float("source_guidance", 0.0, "With --generate: classifier-free guidance weight w on the source "
                      "(logits = c + w·(c − u); needs a model trained with data.source_dropout > 0).")
+  flags.DEFINE_integer("mbr", None, "With --generate: draw k outputs per source and keep the minimum-Bayes-risk "
+                       "one (highest mean BLEU against the other k − 1); k times the sampling time.")
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)
 

@@ -188,7 +188,7 @@ def load_drafter(workdir: str, draft_workdir: str):
 
 def evaluate_generation(workdir: str, split: str = "test", steps: int | None = None, seed: int = 0,
                         max_sources: int = 0, draft_workdir: str | None = None, strength: float | None = None,
-                        write: bool = True, source_guidance: float = 0.0) -> dict:
+                        write: bool = True, source_guidance: float = 0.0, mbr: int | None = None) -> dict:
   """Data-to-text quality of a conditional workdir: one output per source of `split`, scored against
   all of that source's references.
 
@@ -197,15 +197,19 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   and, as the checker's floor, of each source's first human reference; seconds per source. With
   `draft_workdir` (a conditional AR workdir) the AR model drafts and this one refines each draft at
   `strength` (strength None: the drafts themselves are scored); `source_guidance` w > 0 samples
-  with classifier-free guidance on the source (`Pipeline.generate`). Outputs go to
+  with classifier-free guidance on the source and `mbr` k keeps the minimum-Bayes-risk output of k
+  (`Pipeline.generate`). Outputs go to
   WORKDIR/eval/generate_<name>.txt, the report to WORKDIR/eval/generate_<name>.json.
 
   Example:
     >>> report = evaluate_generation("/tmp/e2e_cond", split="test", steps=200)
     >>> report["bleu"], report["slot_error_rate"]
+    >>> evaluate_generation("/tmp/e2e_cond", steps=20, mbr=5)["bleu"]
   """
   if max_sources < 0:
     raise UserError("--max_sequences must be >= 0")
+  if mbr is not None and mbr < 1:
+    raise UserError(f"--mbr={mbr}: give the number of candidates per source, >= 1")
   pipe = pipeline.load(workdir)
   config = pipe.config
   if not config.data.conditional:
@@ -217,11 +221,15 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   sources = list(groups)[:max_sources or None]
   references = [groups[source] for source in sources]
   started = time.perf_counter()
-  name = f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
-                                "_drafts" if draft_workdir else "") + (f"_guided{source_guidance:g}" if source_guidance else "")
+  name = (f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
+                                 "_drafts" if draft_workdir else "")
+          + (f"_guided{source_guidance:g}" if source_guidance else "") + (f"_mbr{mbr}" if mbr else ""))
   if source_guidance and (draft_workdir or not hasattr(pipe, "refine")):
     raise UserError("--source_guidance samples a conditional diffusion model's targets; it does not apply to "
                     "AR drafts or an autoregressive --workdir")
+  if mbr and (draft_workdir or not hasattr(pipe, "refine")):
+    raise UserError("--mbr picks among a conditional diffusion model's samples; it does not apply to AR drafts "
+                    "or an autoregressive --workdir (greedy decoding draws one output)")
   if draft_workdir:
     if strength is not None and not hasattr(pipe, "refine"):
       raise UserError(f"--strength refines with a diffusion model; {workdir} holds a {config.model.kind} model")
@@ -230,8 +238,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
     if strength is not None:
       outputs = pipe.refine(outputs, sources, strength, steps, seed)
   else:
-    outputs = pipe.generate(sources, steps=steps, seed=seed, **({"source_guidance": source_guidance}
-                                                                if source_guidance else {}))
+    outputs = pipe.generate(sources, steps=steps, seed=seed, mbr=mbr,
+                            **({"source_guidance": source_guidance} if source_guidance else {}))
   seconds = time.perf_counter() - started
   report = {"bleu": 100 * text_metrics.corpus_bleu(outputs, references),
             "chrf": text_metrics.corpus_chrf(outputs, references),
@@ -249,7 +257,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   report["settings"] = {
       "workdir": os.path.abspath(workdir), "split": split, "steps": steps or config.sample.steps, "seed": seed,
       "sampler": config.sample.sampler, "draft_workdir": draft_workdir and os.path.abspath(draft_workdir),
-      "strength": strength, "source_guidance": source_guidance, "max_sources": max_sources, "report_name": name, "num_devices": jax.device_count(),
+      "strength": strength, "source_guidance": source_guidance, "mbr": mbr, "max_sources": max_sources,
+      "report_name": name, "num_devices": jax.device_count(),
       "platform": jax.default_backend(), "jax_version": jax.__version__,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
   if write:

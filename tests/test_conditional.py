@@ -257,11 +257,17 @@ def test_eval_binary_scores_the_target_given_the_source(workdirs):
   assert bound["nll_nats_per_token"] > ar["nll_nats_per_token"] - 3 * bound["stderr"]
   report = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False)
   assert report["num_sources"] <= 16 and report["bleu"] > 50, report
+  picked = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False, mbr=3)
+  assert picked["settings"]["report_name"] == "generate_test_mbr3" and picked["bleu"] > 50, picked
   from diffusion_lm.errors import UserError
   with pytest.raises(UserError, match="source_dropout"):  # Refused before any sampling.
     evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, write=False, source_guidance=1.0)
   with pytest.raises(UserError, match="does not apply to AR drafts or an autoregressive"):
     evaluate.evaluate_generation(workdirs["ar"], "test", write=False, source_guidance=1.0)
+  with pytest.raises(UserError, match="does not apply to AR drafts or an autoregressive"):
+    evaluate.evaluate_generation(workdirs["ar"], "test", write=False, mbr=3)
+  with pytest.raises(UserError, match="--mbr=0: give the number of candidates"):
+    evaluate.evaluate_generation(workdirs["conditional"], "test", write=False, mbr=0)
 
 
 def test_two_devices_give_the_same_outputs_and_bound_as_one(workdirs):
