@@ -98,6 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.warped_grid = True  # With diffusion.time_warping: place the steps by the training loss profile
   #                            (CDCD); False: uniform in t.
   sample.temperature = 1.0  # Score temperature for categorical models: x0 = softmax(logits/τ) E.
+  sample.model_time_floor = 0.0  # c > 0: the denoiser is told noise level max(t, c) while z_t follows the grid
+  #                               (DINOISER's condition-enhanced sampling: a conditional model leans on its source).
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).
 

@@ -46,7 +46,7 @@ RANGES = (
     ("train.ema_decay", 0.0, 1.0), ("train.log_every", 1, None), ("train.eval_every", 1, None),
     ("train.eval_batches", 1, None), ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.num_samples", 0, None), ("sample.steps", 1, None), ("sample.temperature", 1e-3, None),
-    ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99),
+    ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99), ("sample.model_time_floor", 0.0, 1.0),
 )
 
 # Fields that fix the shapes of the parameters: a checkpoint only restores if they agree.
@@ -119,6 +119,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.time_conditioning != "input" and config.model.kind != "diffusion":
     raise ConfigError(f"--config.model.time_conditioning={config.model.time_conditioning} is for the diffusion "
                       f"denoiser; the {config.model.kind} kind does not use it (leave it at input)")
+  if config.sample.get("model_time_floor") and config.model.kind != "diffusion":
+    raise ConfigError(f"--config.sample.model_time_floor is the continuous diffusion sampler's; the "
+                      f"{config.model.kind} kind does not use it (leave it at 0)")
   if config.data.conditional and config.data.mode != "pad":
     raise ConfigError("--config.data.conditional=True needs --config.data.mode=pad (one source and target per row)")
   if config.data.conditional and not kinds.get(config.model.kind).conditional:

@@ -77,7 +77,8 @@ class Pipeline:
     # The config's sampling settings are baked into the compiled function: they belong in the key,
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
-           bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance)
+           bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance,
+           float(self.config.sample.model_time_floor))
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
       # Weights and the time-warp table are arguments too: the train loop swaps in new ones.
@@ -94,6 +95,7 @@ class Pipeline:
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
                                   draw_tokens=self.config.sample.draw_tokens,
+                                  model_time_floor=self.config.sample.model_time_floor,
                                   time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
                                   return_trajectory=trajectory)

@@ -191,3 +191,28 @@ def test_renoise_step_is_the_forward_process_from_x0():
   # It forgets z_t: another z_t gives the same step.
   np.testing.assert_allclose(samplers.renoise_step(noisy + 5.0, x0, jnp.asarray(-1.0), log_snr_s, jax.random.key(3)),
                              stepped)
+
+
+def test_model_time_floor_changes_only_the_time_the_network_is_told():
+  # DINOISER's condition-enhanced sampling: the network sees max(t, c); the grid and z_t are untouched.
+  embedding = jax.random.normal(jax.random.key(0), (5, 3))
+  told = []
+
+  def denoise(noisy, t, self_cond=None):
+    jax.debug.callback(lambda times: told.append(float(times[0])), t)
+    logits = noisy @ embedding.T + 10 * t[:, None, None] * jnp.arange(5)  # A changed t changes the samples.
+    return logits, jax.nn.softmax(logits) @ embedding
+  fns = DenoiserFns(embed=lambda tokens: embedding[tokens], denoise=denoise, round_logits=None,
+                    embedding_table=embedding, categorical=True)
+  run = lambda **kw: samplers.sample(fns, jax.random.key(1), (2, 4), 10, schedules.get_schedule("sqrt"),
+                                     sampler="renoise", clamp=False, **kw)
+  plain = run()
+  plain_times = list(told)
+  told.clear()
+  np.testing.assert_array_equal(run(model_time_floor=0.0), plain)  # c = 0 is the plain sampler.
+  assert told == plain_times
+  told.clear()
+  floored = run(model_time_floor=0.55)
+  assert told == pytest.approx([max(t, 0.55) for t in plain_times])  # 10 steps and the final t = 0 call.
+  assert len(told) == 11 and min(told) == pytest.approx(0.55)
+  assert not np.array_equal(floored, plain)

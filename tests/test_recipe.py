@@ -311,6 +311,8 @@ def test_adaln_zero_is_refused_for_kinds_that_do_not_use_it():
     ({"diffusion.schedule": "cosine", "diffusion.max_log_snr": 2.0}, "sets the low-noise end of the sqrt or"),
     ({"diffusion.max_log_snr": -1.0}, "max_log_snr=-1.0 is out of range"),
     ({"model.positions": "rotary", "model.d_model": 30, "model.num_heads": 2}, "d_model / num_heads must be even"),
+    ({"model.kind": "masked", "sample.model_time_floor": 0.8}, "model_time_floor is the continuous diffusion"),
+    ({"sample.model_time_floor": 1.5}, "model_time_floor"),
 ])
 def test_schedule_and_position_settings_are_refused_where_they_do_not_apply(overrides, message):
   from diffusion_lm import config_utils

@@ -81,11 +81,19 @@ def time_grid(num_steps: int, start_time: float = 1.0, time_warp_table: jax.Arra
   return time_warping.warp(time_warp_table, jnp.linspace(start_u, 0.0, num_steps + 1))
 
 
+def with_model_time_floor(fns: DenoiserFns, floor: float) -> DenoiserFns:
+  """The denoiser told noise level max(t, floor) whatever t its input is at (DINOISER's CEDI, simplified)."""
+  denoise = fns.denoise
+  return dataclasses.replace(fns, denoise=lambda noisy_BLD, t_B, self_cond_BLD=None: denoise(
+      noisy_BLD, jnp.maximum(t_B, floor), self_cond_BLD))
+
+
 def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: int,
            log_snr_fn: LogSnrFn, sampler: str = "ancestral", clamp: bool = True,
            anchors: Anchors | None = None, start_noisy_BLD: jax.Array | None = None,
            start_time: float = 1.0, return_trajectory: bool = False, guidance=None,
-           temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False):
+           temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False,
+           model_time_floor: float = 0.0):
   """Runs the reverse process and returns token ids [B, L] (and, optionally, the per-step logits).
 
   `start_noisy_BLD` with `start_time` < 1 starts mid-way (editing: z = α x_draft + σ ε).
@@ -95,10 +103,15 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
   `time_warp_table` places the steps by the training loss profile (CDCD time warping).
   `draw_tokens` replaces x̂0 by the embedding of a token drawn from softmax(logits / τ) at every
   step (a hard, per-position choice instead of the mean; clamping is then a no-op).
+  `model_time_floor` c > 0 tells the network the noise level max(t, c) while z_t follows the grid
+  (DINOISER's condition-enhanced denoiser: a conditional model told it sees more noise leans on
+  its source); c = 0 is the plain sampler.
   """
   if sampler not in STEPS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(STEPS)}")
   step_fn = STEPS[sampler]
+  if model_time_floor > 0:
+    fns = with_model_time_floor(fns, model_time_floor)
   batch_size, length = shape
   embedding_VD = fns.embedding_table
   init_rng, scan_rng = jax.random.split(rng)
