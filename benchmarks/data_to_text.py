@@ -2,7 +2,7 @@
 
 Rows (each one output per test MR, 630 MRs, scored against all ~7 references of each):
   - the diffusion workdir (configs/e2e_cond.py) at each of `--steps`, with `--mbr` k (the
-    minimum-Bayes-risk output of k samples) and `--source_guidance` w when given;
+    minimum-Bayes-risk output of k samples), `--source_guidance` w and `--model_time_floor` c when given;
   - the AR twin (configs/e2e_cond_ar.py), greedy;
   - AR drafts refined by the diffusion workdir at each of `--strengths` (`--refine_steps` for a full run);
 and for the two models the conditional likelihood of every (MR, reference) test pair: the diffusion
@@ -36,6 +36,8 @@ flags.DEFINE_integer("max_sources", 0, "Only the first N test MRs (0 = all 630).
 flags.DEFINE_integer("eval_sequences", 0, "Test pairs for the likelihood (0 = all).")
 flags.DEFINE_integer("mbr", None, "Diffusion rows: keep the minimum-Bayes-risk output of this many samples per MR.")
 flags.DEFINE_float("source_guidance", 0.0, "Diffusion rows: classifier-free guidance weight on the MR.")
+flags.DEFINE_float("model_time_floor", None, "Diffusion rows: tell the denoiser noise level max(t, c) (default: the "
+                   "workdir's sample.model_time_floor).")
 flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "likelihood"], "Which rows to measure.")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
 
@@ -63,10 +65,12 @@ def main(argv):
   generate = lambda workdir, **kwargs: lambda n: evaluation.evaluate_generation(
       workdir, "test", max_sources=n, write=False, **kwargs)
   for steps in map(int, FLAGS.steps if "diffusion" in FLAGS.sections else []):
-    run = generate(diffusion, steps=steps, mbr=FLAGS.mbr, source_guidance=FLAGS.source_guidance)
+    run = generate(diffusion, steps=steps, mbr=FLAGS.mbr, source_guidance=FLAGS.source_guidance,
+                   model_time_floor=FLAGS.model_time_floor)
     warm(run)
-    options = (f", MBR of {FLAGS.mbr}" if FLAGS.mbr else "") + (f", w = {FLAGS.source_guidance:g}"
-                                                                 if FLAGS.source_guidance else "")
+    options = ((f", MBR of {FLAGS.mbr}" if FLAGS.mbr else "") + (f", w = {FLAGS.source_guidance:g}"
+                                                                  if FLAGS.source_guidance else "")
+               + (f", floor {FLAGS.model_time_floor:g}" if FLAGS.model_time_floor is not None else ""))
     rows.append(row(f"diffusion, {steps} steps{options}", run(sources)))
   if "ar" in FLAGS.sections:
     run = generate(diffusion, draft_workdir=ar)

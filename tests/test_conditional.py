@@ -259,6 +259,10 @@ def test_eval_binary_scores_the_target_given_the_source(workdirs):
   assert report["num_sources"] <= 16 and report["bleu"] > 50, report
   picked = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False, mbr=3)
   assert picked["settings"]["report_name"] == "generate_test_mbr3" and picked["bleu"] > 50, picked
+  floored = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False,
+                                        model_time_floor=0.5)
+  assert floored["settings"]["report_name"] == "generate_test_floor0.5"
+  assert floored["settings"]["model_time_floor"] == 0.5
   from diffusion_lm.errors import UserError
   with pytest.raises(UserError, match="source_dropout"):  # Refused before any sampling.
     evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, write=False, source_guidance=1.0)
@@ -266,6 +270,8 @@ def test_eval_binary_scores_the_target_given_the_source(workdirs):
     evaluate.evaluate_generation(workdirs["ar"], "test", write=False, source_guidance=1.0)
   with pytest.raises(UserError, match="does not apply to AR drafts or an autoregressive"):
     evaluate.evaluate_generation(workdirs["ar"], "test", write=False, mbr=3)
+  with pytest.raises(UserError, match="model_time_floor=2.0 is out of range"):
+    evaluate.evaluate_generation(workdirs["conditional"], "test", write=False, model_time_floor=2.0)
   with pytest.raises(UserError, match="--mbr=0: give the number of candidates"):
     evaluate.evaluate_generation(workdirs["conditional"], "test", write=False, mbr=0)
 
