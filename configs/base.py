@@ -99,7 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                            (CDCD); False: uniform in t.
   sample.temperature = 1.0  # Score temperature for categorical models: x0 = softmax(logits/τ) E.
   sample.model_time_floor = 0.0  # c > 0: the denoiser is told noise level max(t, c) while z_t follows the grid
-  #                               (DINOISER's condition-enhanced sampling: a conditional model leans on its source).
+  #                               (DINOISER's condition-enhanced sampling: a conditional model leans on its source);
+  #                               sampling from noise only (edits and refinements keep their draft's level).
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).
 

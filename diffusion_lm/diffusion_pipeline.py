@@ -95,7 +95,8 @@ class Pipeline:
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
                                   draw_tokens=self.config.sample.draw_tokens,
-                                  model_time_floor=self.config.sample.model_time_floor,
+                                  # Edits and refinements start from a draft, whose noise level is the point.
+                                  model_time_floor=self.config.sample.model_time_floor if start_noisy is None else 0.0,
                                   time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
                                   return_trajectory=trajectory)

@@ -192,6 +192,19 @@ def test_source_guidance_runs_the_unconditional_pass_on_the_shifted_row():
     np.testing.assert_allclose(unconditional_BLD[row, 10 - shift:], wrapped, atol=1e-5)
 
 
+def test_model_time_floor_applies_to_generation_from_noise_not_to_refinement(workdirs):
+  import diffusion_lm
+  pipe = diffusion_lm.load(workdirs["conditional"])
+  sources, drafts = NAMES[:4], ["name9 is here .", "here is name1", "name2 is .", "name3 here ."]
+  refined = pipe.refine(drafts, sources, 0.4, steps=10)
+  tokens = pipe.sample_tokens(4, 10, 0)
+  pipe.config.sample.model_time_floor = 0.9
+  assert pipe.refine(drafts, sources, 0.4, steps=10) == refined  # A draft's noise level is the point of refining.
+  assert not np.array_equal(pipe.sample_tokens(4, 10, 0), tokens)  # From noise, the network is told t ≥ 0.9.
+  outputs = pipe.generate(sources, steps=10)
+  assert all(output.endswith(" is here .") for output in outputs), outputs  # Still the targets' shape.
+
+
 def test_source_guidance_needs_source_dropout(workdirs):
   import diffusion_lm
   from diffusion_lm import control
