@@ -23,5 +23,5 @@ def get_config():
   config.data.seq_len = 96  # MR + BOS + reference + EOS; 64 would cut 24 % of the pairs.
   config.train.num_steps = 1500  # The data-to-text table's budget (BENCHMARKS.md); seq 96 costs 2× per step.
   config.sample.model_time_floor = 0.9  # The denoiser is told noise level ≥ 0.9, so it leans on the MR (DINOISER):
-  #                                       test BLEU 22.4 → 32.3 and slot errors 71 → 61 % at 20 steps (BENCHMARKS.md).
+  #                                       test BLEU 22.4 → 32.3, slot errors 71 → 61 % at 20 steps (BENCHMARKS.md).
   return config

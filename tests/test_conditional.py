@@ -360,6 +360,15 @@ def assert_one_line_error(result, *phrases):
     assert phrase in result.stderr, result.stderr[-2000:]
 
 
+def test_the_eval_binary_refuses_bad_generation_options(workdirs):
+  result = run_binary("evaluate", f"--workdir={workdirs['conditional']}", "--mbr=3")
+  assert_one_line_error(result, "--mbr applies to --generate")
+  result = run_binary("evaluate", f"--workdir={workdirs['conditional']}", "--generate", "--model_time_floor=2")
+  assert_one_line_error(result, "model_time_floor=2.0 is out of range")
+  result = run_binary("evaluate", f"--workdir={workdirs['ar']}", "--generate", "--model_time_floor=0.9")
+  assert_one_line_error(result, "model_time_floor is the continuous diffusion sampler's")
+
+
 def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpus, workdirs, tmp_path):
   sources = tmp_path / "sources.txt"
   sources.write_text("name1\nname2\n\nname3\n")
