@@ -70,8 +70,6 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.time_warping = False  # Draw training t and place sampling steps where the loss
   #                                 changes fastest (CDCD); the profile is learned during training.
   diffusion.time_warp_bins = 64  # Bins of t for the loss profile behind time warping.
-  diffusion.position_skew = 0.0  # cdcd only: w > 0 noises position n at clip((1+w)t − w(1 − n/N)) instead of t, the
-  #                                left ones cleaner, so text settles roughly left to right (AR-Diffusion); 0: one t.
 
   config.train = train = ml_collections.ConfigDict()
   train.num_steps = 1500  # Optimizer steps in total; a finished run is not retrained.

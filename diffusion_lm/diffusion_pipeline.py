@@ -85,7 +85,6 @@ class Pipeline:
       def run(params, time_warp_table, rng, anchor_tokens=None, anchor_mask=None, anchor_words_only=None,
               start_noisy=None, start_time=1.0, guidance=None):
         fns = bind_denoiser(self.model, params)
-        clean_BL = None
         if self.config.data.conditional and anchor_tokens is not None:  # The source is shown clean.
           clean_BL = source_mask(anchor_tokens)
           fns = (with_source_guidance(fns, anchor_tokens, clean_BL, jnp.maximum(jnp.sum(clean_BL, axis=1) - 1, 0), PAD_ID,
@@ -100,8 +99,7 @@ class Pipeline:
                                   model_time_floor=self.config.sample.model_time_floor if start_noisy is None else 0.0,
                                   time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
-                                  return_trajectory=trajectory,
-                                  position_skew=self.config.diffusion.get("position_skew", 0.0), clean_BL=clean_BL)
+                                  return_trajectory=trajectory)
         if not trajectory:
           return outputs
         tokens_BL, logits_KBLV = outputs  # Reduced here: K·B·L values leave the device, not K·B·L·V.

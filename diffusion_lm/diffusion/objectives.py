@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse, position_times
+from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse
 from diffusion_lm.diffusion.model_fns import DenoiserFns
 
 
@@ -98,23 +98,16 @@ def e2e_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
 def cdcd_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
               log_snr_fn: LogSnrFn, num_timesteps: int,
               self_cond_rate: float = 0.5, t_B: jax.Array | None = None,
-              target_BL: jax.Array | None = None, position_skew: float = 0.0
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CDCD: cross-entropy of f(z_t, t)'s logits against the tokens; returns (loss, metrics).
-
-  `position_skew` w > 0 noises each position at its own level (`process.position_times`: the
-  left ones cleaner) and tells the network those levels; t stays the row's time for warping.
-  """
+              target_BL: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """CDCD: cross-entropy of f(z_t, t)'s logits against the tokens; returns (loss, metrics)."""
   del num_timesteps  # Continuous time throughout.
   time_rng, noise_rng, self_cond_rng = jax.random.split(rng, 3)
   clean_BLD = fns.embed(tokens_BL)
   t_B = low_discrepancy_times(time_rng, tokens_BL.shape[0]) if t_B is None else t_B
-  model_t = t_B if not position_skew else position_times(
-      t_B, None if target_BL is None else ~target_BL, tokens_BL.shape[1], position_skew)
-  alpha_t, sigma_t = alpha_sigma(log_snr_fn(model_t))
+  alpha_t, sigma_t = alpha_sigma(log_snr_fn(t_B))
   noisy_BLD = diffuse(clean_BLD, alpha_t, sigma_t, jax.random.normal(noise_rng, clean_BLD.shape))
-  self_cond_BLD = self_condition(fns, noisy_BLD, model_t, self_cond_rng, self_cond_rate)
-  logits_BLV, _ = fns.denoise(noisy_BLD, model_t, self_cond_BLD)
+  self_cond_BLD = self_condition(fns, noisy_BLD, t_B, self_cond_rng, self_cond_rate)
+  logits_BLV, _ = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
   cross_entropy_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
   cross_entropy_B = position_mean(cross_entropy_BL, target_BL)
   correct_BL = jnp.argmax(logits_BLV, -1) == tokens_BL

@@ -36,28 +36,6 @@ def diffuse(x: jax.Array, alpha: jax.Array, sigma: jax.Array, noise: jax.Array) 
   return trailing(alpha) * x + trailing(sigma) * noise
 
 
-def position_times(t_B: jax.Array, clean_BL: jax.Array | None, length: int, skew: float) -> jax.Array:
-  """[B, L] noise levels when positions are not all at the sequence's time t (AR-Diffusion).
-
-  Position n of the noised part (counted from its first position; N = its length) is at
-  t_n = clip((1 + w) t − w (1 − n/N), 0, 1), w = `skew`: every position is pure noise at t = 1 and
-  clean at t = 0, and in between the left ones are cleaner, so the sampler settles the text
-  roughly from the left (Wu et al. 2023). Clean (source) positions are at 0. w = 0: all at t.
-
-  Example:
-    >>> position_times(jnp.array([0.5]), None, 4, 1.0)   # [[0, 0.25, 0.5, 0.75]]
-  """
-  positions_L = jnp.arange(length)
-  if clean_BL is None:
-    start_B1, noised_BL = jnp.zeros((jnp.shape(t_B)[0], 1)), jnp.ones((jnp.shape(t_B)[0], length), bool)
-  else:
-    noised_BL = ~clean_BL
-    start_B1 = jnp.argmax(noised_BL, axis=1)[:, None]
-  fraction_BL = (positions_L[None, :] - start_B1) / (length - start_B1)
-  t_BL = jnp.clip((1.0 + skew) * t_B[:, None] - skew * (1.0 - fraction_BL), 0.0, 1.0)
-  return jnp.where(noised_BL, t_BL, 0.0)
-
-
 def marginal_fn(log_snr_fn: LogSnrFn, embedding_noise: bool = False) -> Callable[[jax.Array], tuple]:
   """t ↦ (α_t, σ_t, γ_t) of the forward process q(z_t | w) = N(α_t E[w], σ_t² I).
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from diffusion_lm.diffusion import time_warping
 from diffusion_lm.diffusion.model_fns import DenoiserFns
-from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse, position_times, posterior_mean_std
+from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse, posterior_mean_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
            anchors: Anchors | None = None, start_noisy_BLD: jax.Array | None = None,
            start_time: float = 1.0, return_trajectory: bool = False, guidance=None,
            temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False,
-           model_time_floor: float = 0.0, position_skew: float = 0.0, clean_BL: jax.Array | None = None):
+           model_time_floor: float = 0.0):
   """Runs the reverse process and returns token ids [B, L] (and, optionally, the per-step logits).
 
   `start_noisy_BLD` with `start_time` < 1 starts mid-way (editing: z = α x_draft + σ ε).
@@ -106,8 +106,6 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
   `model_time_floor` c > 0 tells the network the noise level max(t, c) while z_t follows the grid
   (DINOISER's condition-enhanced denoiser: a conditional model told it sees more noise leans on
   its source); c = 0 is the plain sampler.
-  `position_skew` w > 0 moves each position on its own time (`process.position_times`, as the model
-  was trained; `clean_BL` marks a conditional row's source), the left ones ahead.
   """
   if sampler not in STEPS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(STEPS)}")
@@ -133,11 +131,6 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
     noisy_BLD, previous_x0_BLD = carry
     t, s, step_rng = inputs
     t_B = jnp.full((batch_size,), t)
-    log_snr_t, log_snr_s = log_snr_fn(t), log_snr_fn(s)
-    if position_skew:
-      t_B = position_times(t_B, clean_BL, length, position_skew)
-      log_snr_t = log_snr_fn(t_B)[..., None]
-      log_snr_s = log_snr_fn(position_times(jnp.full((batch_size,), s), clean_BL, length, position_skew))[..., None]
     logits_BLV, x0_BLD = fns.denoise(noisy_BLD, t_B, previous_x0_BLD if fns.self_conditioning else None)
     if fns.categorical and temperature != 1.0:
       x0_BLD = jax.nn.softmax(logits_BLV / temperature, axis=-1) @ embedding_VD
@@ -151,9 +144,9 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
       x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV)
     x0_BLD = impose_anchors(x0_BLD)
     if guidance is None:
-      noisy_BLD = step_fn(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, step_rng)
+      noisy_BLD = step_fn(noisy_BLD, x0_BLD, log_snr_fn(t), log_snr_fn(s), step_rng)
     else:  # Adagrad on z_s for λ·log p(z_s | z_t) + log p(c | z_s), then the step's noise.
-      noisy_BLD = guidance.step(step_fn, noisy_BLD, x0_BLD, log_snr_t, log_snr_s, s, step_rng)
+      noisy_BLD = guidance.step(step_fn, noisy_BLD, x0_BLD, log_snr_fn(t), log_snr_fn(s), s, step_rng)
     return (noisy_BLD, x0_BLD), (logits_BLV if return_trajectory else None)
 
   step_rngs = jax.random.split(scan_rng, num_steps)

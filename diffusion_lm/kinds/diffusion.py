@@ -43,9 +43,8 @@ def make_loss_fn(model, config):
     if conditional:
       source_BL = source_mask(tokens_BL)
       fns, target_BL = with_clean_positions(fns, tokens_BL, source_BL), ~source_BL
-    skew = {"position_skew": config.diffusion.position_skew} if config.diffusion.get("position_skew") else {}
     return objective(fns, tokens_BL, noise_rng, fns.log_snr, config.diffusion.num_timesteps,
-                     config.diffusion.self_cond_rate, t_B, target_BL, **skew)
+                     config.diffusion.self_cond_rate, t_B, target_BL)
   return diffusion_loss
 
 

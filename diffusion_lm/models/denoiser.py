@@ -26,7 +26,7 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -
   """Sinusoidal features of t ∈ [0, 1] (scaled by 1000 as in DDPM-style models)."""
   half = dim // 2
   frequencies = jnp.exp(-jnp.log(max_period) * jnp.arange(half) / half)
-  angles_BH = 1000.0 * t_B[..., None] * frequencies
+  angles_BH = 1000.0 * t_B[:, None] * frequencies[None, :]
   return jnp.concatenate([jnp.sin(angles_BH), jnp.cos(angles_BH)], axis=-1)
 
 
@@ -108,7 +108,7 @@ class Denoiser(nn.Module):
 
   def __call__(self, noisy_BLD: jax.Array, t_B: jax.Array, self_cond_BLD: jax.Array | None = None,
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
-    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t: [B], or [B, L] per position."""
+    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t."""
     if self.schedule == "learned" and self.is_initializing():
       self.learned_schedule(t_B)  # Creates the schedule's parameters.
     inputs = noisy_BLD
@@ -117,11 +117,9 @@ class Denoiser(nn.Module):
     hidden_BLD = self.input_projection(inputs.astype(self.dtype))
     time_BD = self.time_mlp[1](nn.silu(self.time_mlp[0](timestep_embedding(t_B, self.d_model).astype(self.dtype))))
     if self.time_conditioning == "adaln_zero":
-      if time_BD.ndim != 2:
-        raise ValueError("adaLN-zero modulates a whole row by one time: per-position times need time_conditioning='input'")
       hidden_BLD = self.backbone(hidden_BLD, deterministic, conditioning_BC=time_BD)
     else:
-      hidden_BLD = self.backbone(hidden_BLD + (time_BD[:, None, :] if time_BD.ndim == 2 else time_BD), deterministic)
+      hidden_BLD = self.backbone(hidden_BLD + time_BD[:, None, :], deterministic)
     output = self.output_projection(hidden_BLD).astype(jnp.float32)
     if self.parameterization == "categorical":
       if self.output_prior:
