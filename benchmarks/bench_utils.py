@@ -90,13 +90,17 @@ def load_config_spec(spec: str) -> tuple[ml_collections.ConfigDict, str]:
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> dict:
-  """Matmul FLOP/s of one [size, size] @ [size, size] product on the default device, timed `repeats` times.
+  """Matmul FLOP/s of one [size, size] @ [size, size] product over all devices, timed `repeats` times.
 
   The denominator of MFU: measured in the same process, on the same devices, just before the
-  measurement it divides, so machine load affects both alike.
+  measurement it divides, so machine load affects both alike. With several devices (a CPU host
+  split by `config.mesh.cpu_devices`), the rows of the product are split over them, as the step's batch is.
   """
   keys = jax.random.split(jax.random.key(0), 2)
-  a = jax.random.normal(keys[0], (size, size), jnp.dtype(dtype))
+  devices = jax.devices()
+  rows = jax.sharding.NamedSharding(jax.make_mesh((len(devices),), ("rows",), axis_types=(
+      jax.sharding.AxisType.Auto,), devices=devices), jax.sharding.PartitionSpec("rows"))
+  a = jax.device_put(jax.random.normal(keys[0], (size, size), jnp.dtype(dtype)), rows)
   b = jax.random.normal(keys[1], (size, size), jnp.dtype(dtype))
   matmul = jax.jit(lambda a, b: a @ b)
   matmul(a, b).block_until_ready()  # Compile and warm up.

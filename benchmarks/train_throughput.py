@@ -138,14 +138,20 @@ def format_row(row: dict) -> str:
 
 def main(argv):
   del argv
+  configs = [bench_utils.load_config_spec(spec) for spec in FLAGS.config]
+  # One process has one device count: the train binary's split of a CPU host (config.mesh.cpu_devices).
+  cpu_devices = {config.mesh.cpu_devices for config, _ in configs}
+  if len(cpu_devices) > 1:
+    raise UserError(f"the rows ask for different --config.mesh.cpu_devices {sorted(cpu_devices)}; one process "
+                    "has one device count, so time them in separate runs")
+  parallel.use_cpu_devices(cpu_devices.pop())
   if not FLAGS.json:
     facts = bench_utils.machine()
     print(f"# {facts['date']}, jax {facts['jax_version']}, {facts['platform']} ({facts['device_kind']}, "
           f"{facts['num_devices']} device(s)), {facts['cpu_model']}, {facts['cpu_count']} CPUs")
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
-  for spec in FLAGS.config:
-    config, label = bench_utils.load_config_spec(spec)
+  for config, label in configs:
     bench_utils.wait_for_quiet(FLAGS.wait_for_load, FLAGS.max_wait)
     row = benchmark_config(config, label, FLAGS.steps, FLAGS.warmup, FLAGS.peak_size)
     print(json.dumps(row) if FLAGS.json else format_row(row), flush=True)

@@ -108,6 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
   mesh.data = -1  # Data-parallel axis size; -1 takes the remaining devices.
   mesh.fsdp = 1  # Fully-sharded data-parallel axis size.
   mesh.tensor = 1  # Tensor-parallel axis size.
+  mesh.cpu_devices = 1  # The train binary on a CPU host: split it into this many XLA devices for the data axis
+  #                       (XLA runs a small model's ops on one core at a time); 1 = jax's default, no effect on GPU/TPU.
   mesh.rules = ""  # Overrides of parallel.DEFAULT_RULES (logical name -> mesh axes), e.g.
   #                  "embed=,vocab=tensor,batch=data+fsdp" (empty axis = replicated).
   return config

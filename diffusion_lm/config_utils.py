@@ -47,6 +47,7 @@ RANGES = (
     ("train.eval_batches", 1, None), ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.num_samples", 0, None), ("sample.steps", 1, None), ("sample.temperature", 1e-3, None),
     ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99), ("sample.model_time_floor", 0.0, 1.0),
+    ("mesh.cpu_devices", 1, None),
 )
 
 # Fields that fix the shapes of the parameters: a checkpoint only restores if they agree.

@@ -374,6 +374,30 @@ def use_fake_cpu_devices(count: int) -> None:
     32
   """
   jax.config.update("jax_platforms", "cpu")
+  _set_cpu_device_count(count)
+
+
+def use_cpu_devices(count: int) -> None:
+  """Splits a CPU host into `count` XLA devices (`config.mesh.cpu_devices`); call before jax starts.
+
+  XLA's CPU backend runs most ops of a small model on one thread at a time, so on a 2-core
+  machine one device per core, each with half the batch (the data axis), keeps both cores busy
+  (BENCHMARKS.md, "Training throughput"). Where jax runs on GPUs or TPUs this only changes the
+  CPU backend, which the mesh does not use. 1 is jax's default; XLA_FLAGS with
+  --xla_force_host_platform_device_count overrides it.
+
+  Example:
+    >>> use_cpu_devices(2); jax.devices("cpu")
+    [CpuDevice(id=0), CpuDevice(id=1)]
+  """
+  if not isinstance(count, int) or count < 1:
+    raise ConfigError(f"--config.mesh.cpu_devices={count!r} is out of range; it must be an integer >= 1")
+  if count == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return  # An explicit XLA flag (fake devices for a mesh test, a launcher's split) wins.
+  _set_cpu_device_count(count)
+
+
+def _set_cpu_device_count(count: int) -> None:
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except (AttributeError, ValueError):  # A jax without the option: the XLA flag does the same.

@@ -22,15 +22,18 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  config = cli.config_from_flag()
+  if FLAGS.dry_run and FLAGS.dry_run_devices:  # Plan for a pod on a laptop: that many fake CPU devices.
+    parallel.use_fake_cpu_devices(FLAGS.dry_run_devices)
+  else:  # Before anything touches a device.
+    parallel.use_cpu_devices(config.mesh.get("cpu_devices", 1))
   if FLAGS.dry_run:
-    if FLAGS.dry_run_devices:  # Plan for a pod on a laptop: that many fake CPU devices.
-      parallel.use_fake_cpu_devices(FLAGS.dry_run_devices)
-    print(parallel.format_report(dry_run(cli.config_from_flag())))
+    print(parallel.format_report(dry_run(config)))
     return
   if not FLAGS.workdir:
     raise UserError("--workdir is required (only --dry_run runs without one)")
-  parallel.initialize_from_flags()  # Before anything touches a device; no-op for one process.
-  result = train(cli.config_from_flag(), FLAGS.workdir)
+  parallel.initialize_from_flags()  # No-op for one process.
+  result = train(config, FLAGS.workdir)
   if result["preempted"]:
     sys.exit(cli.INTERRUPTED_EXIT_CODE if result["stop_signal"] == "SIGINT" else cli.PREEMPTED_EXIT_CODE)
   if parallel.is_chief():

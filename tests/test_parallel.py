@@ -289,3 +289,23 @@ def parse_dry_run(stdout: str) -> dict:
 
 if __name__ == "__main__":
   run_worker(sys.argv[1])
+
+
+def test_the_train_binary_splits_a_cpu_host_as_config_mesh_cpu_devices_says():
+  """configs/e2e.py trains on one XLA device per core of a 2-core CPU; any config can ask for N; an explicit
+  XLA flag (mesh tests, launchers) wins; 0 is one line."""
+  def dry_run(*args, xla_flags=""):
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": xla_flags}
+    return subprocess.run([sys.executable, "-m", "diffusion_lm.train", "--dry_run", *args], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+  shipped = dry_run("--config=configs/e2e.py")
+  assert shipped.returncode == 0, shipped.stderr[-3000:]
+  assert shipped.stdout.splitlines()[0] == "mesh: data=2 × fsdp=1 × tensor=1 (2 devices)"
+  asked = dry_run("--config=configs/tiny.py", "--config.mesh.cpu_devices=4")
+  assert asked.returncode == 0, asked.stderr[-3000:]
+  assert asked.stdout.splitlines()[0] == "mesh: data=4 × fsdp=1 × tensor=1 (4 devices)"
+  explicit = dry_run("--config=configs/e2e.py", xla_flags="--xla_force_host_platform_device_count=8")
+  assert explicit.stdout.splitlines()[0] == "mesh: data=8 × fsdp=1 × tensor=1 (8 devices)", explicit.stderr[-3000:]
+  bad = dry_run("--config=configs/tiny.py", "--config.mesh.cpu_devices=0")
+  assert bad.returncode == 2 and bad.stderr.strip() == (
+      "error: --config.mesh.cpu_devices=0 is out of range; it must be an integer >= 1"), bad.stderr[-3000:]
