@@ -2,7 +2,8 @@
 
 Rows (each one output per test MR, 630 MRs, scored against all ~7 references of each):
   - the diffusion workdir (configs/e2e_cond.py) at each of `--steps`, with `--mbr` k (the
-    minimum-Bayes-risk output of k samples), `--source_guidance` w and `--model_time_floor` c when given;
+    minimum-Bayes-risk output of k samples), `--source_guidance` w, `--model_time_floor` c and
+    `--predicted_length` when given;
   - the AR twin (configs/e2e_cond_ar.py), greedy;
   - AR drafts refined by the diffusion workdir at each of `--strengths` (`--refine_steps` for a full run);
 and for the two models the conditional likelihood of every (MR, reference) test pair: the diffusion
@@ -38,6 +39,8 @@ flags.DEFINE_integer("mbr", None, "Diffusion rows: keep the minimum-Bayes-risk o
 flags.DEFINE_float("source_guidance", 0.0, "Diffusion rows: classifier-free guidance weight on the MR.")
 flags.DEFINE_float("model_time_floor", None, "Diffusion rows: tell the denoiser noise level max(t, c) (default: the "
                    "workdir's sample.model_time_floor).")
+flags.DEFINE_bool("predicted_length", None, "Diffusion rows: pin each target's length to the model's expected length "
+                  "(--nopredicted_length: the model chooses; default: the workdir's sample.predicted_length).")
 flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "likelihood"], "Which rows to measure.")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
 
@@ -66,11 +69,12 @@ def main(argv):
       workdir, "test", max_sources=n, write=False, **kwargs)
   for steps in map(int, FLAGS.steps if "diffusion" in FLAGS.sections else []):
     run = generate(diffusion, steps=steps, mbr=FLAGS.mbr, source_guidance=FLAGS.source_guidance,
-                   model_time_floor=FLAGS.model_time_floor)
+                   model_time_floor=FLAGS.model_time_floor, predicted_length=FLAGS.predicted_length)
     warm(run)
     options = ((f", MBR of {FLAGS.mbr}" if FLAGS.mbr else "") + (f", w = {FLAGS.source_guidance:g}"
                                                                   if FLAGS.source_guidance else "")
-               + (f", floor {FLAGS.model_time_floor:g}" if FLAGS.model_time_floor is not None else ""))
+               + (f", floor {FLAGS.model_time_floor:g}" if FLAGS.model_time_floor is not None else "")
+               + {True: ", predicted length", False: ", free length"}.get(FLAGS.predicted_length, ""))
     rows.append(row(f"diffusion, {steps} steps{options}", run(sources)))
   if "ar" in FLAGS.sections:
     run = generate(diffusion, draft_workdir=ar)

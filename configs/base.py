@@ -101,6 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
   sample.model_time_floor = 0.0  # c > 0: the denoiser is told noise level max(t, c) while z_t follows the grid
   #                               (DINOISER's condition-enhanced sampling: a conditional model leans on its source);
   #                               sampling from noise only (edits and refinements keep their draft's level).
+  sample.predicted_length = False  # Conditional models: `generate` pins each target's EOS at the length the model
+  #                                  expects from pure noise (Σ P(not PAD/EOS) at t = 1) instead of letting it choose.
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).
 

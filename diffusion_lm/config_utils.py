@@ -123,6 +123,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.sample.get("model_time_floor") and config.model.kind != "diffusion":
     raise ConfigError(f"--config.sample.model_time_floor is the continuous diffusion sampler's; the "
                       f"{config.model.kind} kind does not use it (leave it at 0)")
+  if config.sample.get("predicted_length") and not (config.data.conditional and config.model.kind == "diffusion"):
+    raise ConfigError("--config.sample.predicted_length reads a target's length off a conditional continuous "
+                      "diffusion model's source; this config is not one (leave it False)")
   if config.data.conditional and config.data.mode != "pad":
     raise ConfigError("--config.data.conditional=True needs --config.data.mode=pad (one source and target per row)")
   if config.data.conditional and not kinds.get(config.model.kind).conditional:

@@ -16,9 +16,10 @@ likelihood.py), so both kinds divide the probability of the same sentences by th
 against all of that source's references: BLEU (sacrebleu) and chrF, and for E2E the slot error rate
 next to the human references'; `--draft_workdir=AR_DIR [--strength=s]` scores AR drafts, or their
 refinement by this workdir; `--mbr=k` keeps the minimum-Bayes-risk output of k samples per source,
-`--source_guidance=w` guides them on the source and `--model_time_floor=c` tells the denoiser
-noise level max(t, c) (DINOISER's condition-enhanced sampling). Written to `WORKDIR/eval/generate_<split>[...].json`
-and `.txt`.
+`--source_guidance=w` guides them on the source, `--model_time_floor=c` tells the denoiser
+noise level max(t, c) (DINOISER's condition-enhanced sampling) and `--predicted_length` (or
+`--nopredicted_length`) pins each target's length to the one the model expects for its source.
+Written to `WORKDIR/eval/generate_<split>[...].json` and `.txt`.
 
 `--samples=FILE --judge_workdir=AR_DIR` scores generated text instead: the judge's perplexity
 (generative perplexity) and distinct-n, next to the same figures on as many real validation
@@ -55,7 +56,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  for name in ("source_guidance", "mbr", "model_time_floor"):
+  for name in ("source_guidance", "mbr", "model_time_floor", "predicted_length"):
     if getattr(FLAGS, name) and not FLAGS.generate:
       raise UserError(f"--{name} applies to --generate (a conditional model's outputs for the test sources)")
   if FLAGS.generate:
@@ -63,7 +64,8 @@ def main(argv):
       raise UserError("--strength refines AR drafts: give --draft_workdir=AR_WORKDIR too")
     report = evaluate_generation(FLAGS.workdir, FLAGS.split, FLAGS.steps, FLAGS.seed, FLAGS.max_sequences,
                                  FLAGS.draft_workdir, FLAGS.strength, source_guidance=FLAGS.source_guidance,
-                                 mbr=FLAGS.mbr, model_time_floor=FLAGS.model_time_floor)
+                                 mbr=FLAGS.mbr, model_time_floor=FLAGS.model_time_floor,
+                                 predicted_length=FLAGS.predicted_length)
     name = report["settings"]["report_name"]
   elif FLAGS.samples:
     if not FLAGS.judge_workdir:
@@ -111,6 +113,9 @@ def run():
                      "(logits = c + w·(c − u); needs a model trained with data.source_dropout > 0).")
   flags.DEFINE_float("model_time_floor", None, "With --generate: the denoiser is told noise level max(t, c) "
                      "(DINOISER's condition-enhanced sampling; default: the config's sample.model_time_floor).")
+  flags.DEFINE_bool("predicted_length", None, "With --generate: pin each target's length to the model's expected "
+                    "length for its source, or let the model choose (--nopredicted_length); default: the config's "
+                    "sample.predicted_length.")
   flags.DEFINE_integer("mbr", None, "With --generate: draw k outputs per source and keep the minimum-Bayes-risk "
                        "one (highest mean BLEU against the other k − 1); k times the sampling time.")
   flags.mark_flags_as_required(["workdir"])

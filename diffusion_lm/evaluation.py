@@ -190,7 +190,7 @@ def load_drafter(workdir: str, draft_workdir: str):
 def evaluate_generation(workdir: str, split: str = "test", steps: int | None = None, seed: int = 0,
                         max_sources: int = 0, draft_workdir: str | None = None, strength: float | None = None,
                         write: bool = True, source_guidance: float = 0.0, mbr: int | None = None,
-                        model_time_floor: float | None = None) -> dict:
+                        model_time_floor: float | None = None, predicted_length: bool | None = None) -> dict:
   """Data-to-text quality of a conditional workdir: one output per source of `split`, scored against
   all of that source's references.
 
@@ -200,8 +200,9 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   `draft_workdir` (a conditional AR workdir) the AR model drafts and this one refines each draft at
   `strength` (strength None: the drafts themselves are scored); `source_guidance` w > 0 samples
   with classifier-free guidance on the source, `mbr` k keeps the minimum-Bayes-risk output of k
-  (`Pipeline.generate`), and `model_time_floor` replaces the config's `sample.model_time_floor`
-  (DINOISER's condition-enhanced sampling). Outputs go to
+  (`Pipeline.generate`), `model_time_floor` replaces the config's `sample.model_time_floor`
+  (DINOISER's condition-enhanced sampling) and `predicted_length` its `sample.predicted_length`
+  (each target written at the length the model expects for its source). Outputs go to
   WORKDIR/eval/generate_<name>.txt, the report to WORKDIR/eval/generate_<name>.json.
 
   Example:
@@ -215,8 +216,10 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
     raise UserError(f"--mbr={mbr}: give the number of candidates per source, >= 1")
   pipe = pipeline.load(workdir)
   config = pipe.config
-  if model_time_floor is not None:
-    config_utils.validate(config_utils.apply_overrides(config, {"sample.model_time_floor": model_time_floor}))
+  overrides = {name: value for name, value in (("sample.model_time_floor", model_time_floor),
+                                                ("sample.predicted_length", predicted_length)) if value is not None}
+  if overrides:
+    config_utils.validate(config_utils.apply_overrides(config, overrides))
   if not config.data.conditional:
     raise UserError(f"--generate needs a conditional workdir (data.conditional=True, e.g. configs/e2e_cond.py); "
                     f"{workdir} was trained without sources")
@@ -229,7 +232,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   name = (f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
                                  "_drafts" if draft_workdir else "")
           + (f"_guided{source_guidance:g}" if source_guidance else "") + (f"_mbr{mbr}" if mbr else "")
-          + (f"_floor{model_time_floor:g}" if model_time_floor is not None else ""))
+          + (f"_floor{model_time_floor:g}" if model_time_floor is not None else "")
+          + ({True: "_predicted_length", False: "_free_length"}.get(predicted_length, "")))
   if source_guidance and (draft_workdir or not hasattr(pipe, "refine")):
     raise UserError("--source_guidance samples a conditional diffusion model's targets; it does not apply to "
                     "AR drafts or an autoregressive --workdir")
@@ -264,7 +268,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
       "workdir": os.path.abspath(workdir), "split": split, "steps": steps or config.sample.steps, "seed": seed,
       "sampler": config.sample.sampler, "draft_workdir": draft_workdir and os.path.abspath(draft_workdir),
       "strength": strength, "source_guidance": source_guidance, "mbr": mbr,
-      "model_time_floor": config.sample.model_time_floor, "max_sources": max_sources,
+      "model_time_floor": config.sample.model_time_floor, "predicted_length": config.sample.predicted_length,
+      "max_sources": max_sources,
       "report_name": name, "num_devices": jax.device_count(),
       "platform": jax.default_backend(), "jax_version": jax.__version__,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}

@@ -205,6 +205,23 @@ def test_model_time_floor_applies_to_generation_from_noise_not_to_refinement(wor
   assert all(output.endswith(" is here .") for output in outputs), outputs  # Still the targets' shape.
 
 
+def test_predicted_lengths_are_the_targets_and_generate_pins_them(workdirs):
+  import diffusion_lm
+  from diffusion_lm import control
+  from diffusion_lm.diffusion_pipeline import expected_lengths
+  # PAD 0, EOS 1, two words: P(word) 0.25 + 1.0 over the target; the third position is not the target's.
+  logits_BLV = jnp.log(jnp.array([[[0.5, 0.25, 0.0, 0.25], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]]]))
+  np.testing.assert_allclose(expected_lengths(logits_BLV, jnp.array([[True, True, False]])), [1.25], rtol=1e-6)
+  pipe = diffusion_lm.load(workdirs["conditional"])
+  assert pipe.predicted_lengths(NAMES) == [4] * len(NAMES)  # Every target of the corpus is "nameK is here .".
+  pipe.config.sample.predicted_length = True
+  outputs = pipe.generate(NAMES[:4], steps=10)
+  assert all(output.endswith(" is here .") and len(output.split()) == 4 for output in outputs), outputs
+  assert [len(text.split()) for text in pipe.generate(NAMES[:2], steps=10, length=6)] == [6, 6]  # Controls win.
+  with pytest.raises(control.ControlError, match="unconditional model has no source"):
+    diffusion_lm.load(workdirs["unconditional"]).predicted_lengths(["name1"])
+
+
 def test_source_guidance_needs_source_dropout(workdirs):
   import diffusion_lm
   from diffusion_lm import control
@@ -367,6 +384,8 @@ def test_the_eval_binary_refuses_bad_generation_options(workdirs):
   assert_one_line_error(result, "model_time_floor=2.0 is out of range")
   result = run_binary("evaluate", f"--workdir={workdirs['ar']}", "--generate", "--model_time_floor=0.9")
   assert_one_line_error(result, "model_time_floor is the continuous diffusion sampler's")
+  result = run_binary("evaluate", f"--workdir={workdirs['ar']}", "--generate", "--predicted_length")
+  assert_one_line_error(result, "predicted_length reads a target's length off a conditional continuous diffusion")
 
 
 def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpus, workdirs, tmp_path):
@@ -412,6 +431,8 @@ def test_conditional_configs_are_checked():
   from diffusion_lm import config_utils
   from diffusion_lm.errors import ConfigError
   for overrides, phrase in (({"data.mode": "pack"}, "mode=pad"), ({"model.kind": "masked"}, "does not train on"),
-                            ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional")):
+                            ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional"),
+                            ({"data.conditional": False, "sample.predicted_length": True}, "predicted_length reads"),
+                            ({"model.kind": "autoregressive", "sample.predicted_length": True}, "predicted_length reads")):
     with pytest.raises(ConfigError, match=phrase):
       config_utils.validate(tiny_config(**{"data.conditional": True, **overrides}))
