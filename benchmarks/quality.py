@@ -41,7 +41,7 @@ DEFAULT = CHEAP | {"sample.clamp": True, "sample.temperature": 0.5}  # = configs
 CURRENT = DEFAULT | {"data.seq_len": 48, "sample.sampler": "renoise",  # = configs/e2e.py now (tests/test_recipe.py);
                      "sample.warped_grid": False, "train.embedding_lr_multiplier": 10.0,
                      "model.positions": "rotary", "diffusion.max_log_snr": 2.2,
-                     "train.num_steps": 3000}  # --steps sets the budget of every variant.
+                     "train.num_steps": 3000, "mesh.cpu_devices": 2}  # --steps sets every variant's budget.
 VARIANTS = {
     "diffusion_lm": ({}, "Diffusion-LM: e2e loss, direct x0, sqrt schedule, d=16, clamping"),
     "cdcd": (CATEGORICAL, "categorical x0 + cross-entropy (CDCD), normalised d=32, no clamp"),
