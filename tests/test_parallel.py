@@ -8,6 +8,7 @@ measurements to JSON; the tests below assert on them. Random tokens and a 64-wor
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -309,3 +310,25 @@ def test_the_train_binary_splits_a_cpu_host_as_config_mesh_cpu_devices_says():
   bad = dry_run("--config=configs/tiny.py", "--config.mesh.cpu_devices=0")
   assert bad.returncode == 2 and bad.stderr.strip() == (
       "error: --config.mesh.cpu_devices=0 is out of range; it must be an integer >= 1"), bad.stderr[-3000:]
+
+
+def test_two_cpu_devices_repeat_a_run_exactly_and_resume_it_exactly(tmp_path):
+  """The main job's default split (mesh.cpu_devices = 2) keeps the CPU's guarantees: the same run twice
+  gives the same losses, and a run resumed from its step-10 checkpoint continues on the same path."""
+  def train(workdir):
+    args = ["--config=configs/tiny.py", "--config.mesh.cpu_devices=2", "--config.train.num_steps=20",
+            "--config.train.num_samples=0", "--config.train.log_every=5", "--config.train.checkpoint_every=10",
+            "--config.train.eval_every=100", f"--workdir={workdir}"]
+    run = subprocess.run([sys.executable, "-m", "diffusion_lm.train", *args], cwd=REPO_ROOT,
+                         env={**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": ""},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return {row["step"]: row["train/loss"] for row in map(json.loads, f) if "train/loss" in row}
+  first, second = train(str(tmp_path / "a")), train(str(tmp_path / "b"))
+  assert first == second and sorted(first) == [5, 10, 15, 20]
+  resumed_dir = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "b", resumed_dir)
+  shutil.rmtree(resumed_dir / "checkpoints" / "20")
+  os.remove(resumed_dir / "metrics.jsonl")
+  assert train(str(resumed_dir)) == {15: first[15], 20: first[20]}
