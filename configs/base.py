@@ -56,8 +56,6 @@ def get_config() -> ml_collections.ConfigDict:
   #                             posterior), the output layer starting at zero; the network learns the rest.
   model.time_conditioning = "input"  # Diffusion: "input" (t's embedding added to the input) or "adaln_zero"
   #                                   (every block's LayerNorms and residuals modulated by t, DiT / MDLM).
-  model.isolated_source = False  # Conditional diffusion: the clean source attends only to itself and gets no t, so
-  #                                its states are the source's alone (an encoder sharing the denoiser's weights).
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = "sqrt"  # Noise schedule: "sqrt" (Diffusion-LM), "cosine", "linear_logsnr",

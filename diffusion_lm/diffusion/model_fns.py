@@ -36,8 +36,8 @@ def bind_denoiser(model, params, dropout_rng: jax.Array | None = None) -> Denois
   deterministic = dropout_rng is None
   return DenoiserFns(
       embed=lambda tokens: model.apply(variables, tokens, method=model.embed),
-      denoise=lambda noisy, t, self_cond=None, clean_BL=None: model.apply(
-          variables, noisy, t, self_cond, deterministic, clean_BL, rngs=rngs),
+      denoise=lambda noisy, t, self_cond=None: model.apply(
+          variables, noisy, t, self_cond, deterministic, rngs=rngs),
       round_logits=lambda x: model.apply(variables, x, method=model.round_logits),
       embedding_table=model.apply(variables, method=model.table),
       self_conditioning=model.self_conditioning,
@@ -61,7 +61,7 @@ def with_clean_positions(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
 
   def denoise(noisy_BLD, t_B, self_cond_BLD=None):
     return fns.denoise(jnp.where(clean_BL[..., None], clean_BLD.astype(noisy_BLD.dtype), noisy_BLD), t_B,
-                       self_cond_BLD, clean_BL=clean_BL)
+                       self_cond_BLD)
   return dataclasses.replace(fns, denoise=denoise)
 
 

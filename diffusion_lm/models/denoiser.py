@@ -59,7 +59,6 @@ class Denoiser(nn.Module):
   positions: str = "learned"  # transformer.POSITIONS: a learned table or rotary (RoPE).
   output_prior: bool = False  # Categorical only: add the single-token Bayes posterior to the logits (Plaid).
   time_conditioning: str = "input"  # TIME_CONDITIONINGS.
-  isolated_source: bool = False  # Conditional rows: the clean source attends only to itself, without t (an encoder).
 
   def setup(self):
     # N(0, 1) rows as in Diffusion-LM; the e2e loss learns their scale jointly with the denoiser.
@@ -108,13 +107,8 @@ class Denoiser(nn.Module):
     return jnp.einsum("bld,vd->blv", x_BLD.astype(jnp.float32), self.table()) + self.rounding_bias_V
 
   def __call__(self, noisy_BLD: jax.Array, t_B: jax.Array, self_cond_BLD: jax.Array | None = None,
-               deterministic: bool = True, clean_BL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t.
-
-    `clean_BL`: the positions given clean (a conditional row's source). With `isolated_source` they
-    attend only to each other and get no time embedding, so their states are a function of the
-    source alone, as an encoder's; the other positions attend to everything.
-    """
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Returns (logits [B, L, V], x̂0 [B, L, d]) for noisy embeddings z_t at times t."""
     if self.schedule == "learned" and self.is_initializing():
       self.learned_schedule(t_B)  # Creates the schedule's parameters.
     inputs = noisy_BLD
@@ -122,15 +116,10 @@ class Denoiser(nn.Module):
       inputs = jnp.concatenate([noisy_BLD, jnp.zeros_like(noisy_BLD) if self_cond_BLD is None else self_cond_BLD], -1)
     hidden_BLD = self.input_projection(inputs.astype(self.dtype))
     time_BD = self.time_mlp[1](nn.silu(self.time_mlp[0](timestep_embedding(t_B, self.d_model).astype(self.dtype))))
-    time_BLD = jnp.broadcast_to(time_BD[:, None, :], hidden_BLD.shape)
-    mask_B1LL = None
-    if self.isolated_source and clean_BL is not None:
-      time_BLD = jnp.where(clean_BL[..., None], 0.0, time_BLD).astype(hidden_BLD.dtype)
-      mask_B1LL = (~clean_BL[:, :, None] | clean_BL[:, None, :])[:, None]  # Query i sees key j unless i ∈ src ∌ j.
     if self.time_conditioning == "adaln_zero":
-      hidden_BLD = self.backbone(hidden_BLD, deterministic, conditioning_BC=time_BD, mask_B1LL=mask_B1LL)
+      hidden_BLD = self.backbone(hidden_BLD, deterministic, conditioning_BC=time_BD)
     else:
-      hidden_BLD = self.backbone(hidden_BLD + time_BLD, deterministic, mask_B1LL=mask_B1LL)
+      hidden_BLD = self.backbone(hidden_BLD + time_BD[:, None, :], deterministic)
     output = self.output_projection(hidden_BLD).astype(jnp.float32)
     if self.parameterization == "categorical":
       if self.output_prior:
@@ -169,5 +158,4 @@ def denoiser_from_config(model_config, vocab_size: int, max_len: int, schedule: 
       dtype=jnp.dtype(model_config.dtype), attention=model_config.attention,
       output_prior=model_config.get("output_prior", False),
       time_conditioning=model_config.get("time_conditioning", "input"),
-      positions=model_config.get("positions", "learned"),
-      isolated_source=model_config.get("isolated_source", False))
+      positions=model_config.get("positions", "learned"))

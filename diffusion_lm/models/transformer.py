@@ -84,8 +84,7 @@ class SelfAttention(nn.Module):
   rotary: bool = False  # Rotate queries and keys by their positions (RoPE).
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, mask_B1LL: jax.Array | None = None) -> jax.Array:
-    """`mask_B1LL` (optional, bidirectional only): True where query position i may attend to key j."""
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
     d_model = x_BLD.shape[-1]
     head_dim = d_model // self.num_heads
     # Explicit 3-D kernels (not DenseGeneral, which boxes a flattened 2-D kernel) so the logical
@@ -104,8 +103,7 @@ class SelfAttention(nn.Module):
     if self.decode:
       attended_BLHK = self._cached_attention(query_BLHK, key_BLHK, value_BLHK)
     else:
-      attended_BLHK = jax.nn.dot_product_attention(query_BLHK, key_BLHK, value_BLHK, mask=mask_B1LL,
-                                                   is_causal=self.causal,
+      attended_BLHK = jax.nn.dot_product_attention(query_BLHK, key_BLHK, value_BLHK, is_causal=self.causal,
                                                    implementation=attention_implementation(self.attention))
     out_HKD = self.param("out", nn.with_logical_partitioning(nn.initializers.variance_scaling(
         1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2), (axes.HEADS, axes.KV, axes.EMBED)),
@@ -186,13 +184,13 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
-               conditioning_BC: jax.Array | None = None, mask_B1LL: jax.Array | None = None) -> jax.Array:
+               conditioning_BC: jax.Array | None = None) -> jax.Array:
     drop = nn.Dropout(self.dropout, deterministic=deterministic)
     attention = SelfAttention(self.num_heads, self.causal, self.dtype, self.decode, self.attention, self.rotary,
                               name="attention")
     mlp = MlpBlock(self.mlp_dim, self.dtype, name="mlp")
     if conditioning_BC is None:
-      x_BLD = x_BLD + drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD), mask_B1LL))
+      x_BLD = x_BLD + drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD)))
       x_BLD = x_BLD + drop(mlp(layer_norm(self.dtype, "ln_mlp")(x_BLD)))
       return constrain(x_BLD, axes.ACTIVATION_BLD)
     d_model = x_BLD.shape[-1]
@@ -201,8 +199,7 @@ class Block(nn.Module):
         kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED_SMALL, axes.EMBED)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,)))(nn.silu(conditioning_BC))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(modulation_B6D[:, None, :], 6, axis=-1)
-    x_BLD = x_BLD + gate1 * drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD) * (1 + scale1) + shift1,
-                                           mask_B1LL))
+    x_BLD = x_BLD + gate1 * drop(attention(layer_norm(self.dtype, "ln_attention")(x_BLD) * (1 + scale1) + shift1))
     x_BLD = x_BLD + gate2 * drop(mlp(layer_norm(self.dtype, "ln_mlp")(x_BLD) * (1 + scale2) + shift2))
     return constrain(x_BLD, axes.ACTIVATION_BLD)
 
@@ -225,9 +222,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, deterministic: bool = True,
-               conditioning_BC: jax.Array | None = None, mask_B1LL: jax.Array | None = None) -> jax.Array:
-    """`conditioning_BC` (optional): a per-example vector every block is modulated by (adaLN-zero);
-    `mask_B1LL` (optional): which keys each query may attend to (bidirectional models)."""
+               conditioning_BC: jax.Array | None = None) -> jax.Array:
+    """`conditioning_BC` (optional): a per-example vector every block is modulated by (adaLN-zero)."""
     length = x_BLD.shape[1]
     if self.positions == "learned":
       positions_LD = self.param("positions", nn.with_logical_partitioning(
@@ -241,7 +237,7 @@ class Transformer(nn.Module):
       x_BLD = block_class(self.num_heads, self.mlp_dim, self.dropout, self.causal, self.dtype,
                           decode=self.decode, attention=self.attention, rotary=self.positions == "rotary",
                           name=f"block_{layer}")(
-                              x_BLD, deterministic, conditioning_BC, mask_B1LL)
+                              x_BLD, deterministic, conditioning_BC)
     return layer_norm(self.dtype, "ln_final")(x_BLD)
 
   def _decode_positions(self, positions_LD: jax.Array, length: int) -> jax.Array:
