@@ -2,8 +2,8 @@
 
 Rows (each one output per test MR, 630 MRs, scored against all ~7 references of each):
   - the diffusion workdir (configs/e2e_cond.py) at each of `--steps`, with `--mbr` k (the
-    minimum-Bayes-risk output of k samples), `--source_guidance` w, `--model_time_floor` c and
-    `--predicted_length` when given;
+    minimum-Bayes-risk output of k samples), `--source_guidance` w, `--model_time_floor` c,
+    `--predicted_length` and `--source_coverage` b when given;
   - the AR twin (configs/e2e_cond_ar.py), greedy;
   - AR drafts refined by the diffusion workdir at each of `--strengths` (`--refine_steps` for a full run);
 and for the two models the conditional likelihood of every (MR, reference) test pair: the diffusion
@@ -41,6 +41,8 @@ flags.DEFINE_float("model_time_floor", None, "Diffusion rows: tell the denoiser 
                    "workdir's sample.model_time_floor).")
 flags.DEFINE_bool("predicted_length", None, "Diffusion rows: pin each target's length to the model's expected length "
                   "(--nopredicted_length: the model chooses; default: the workdir's sample.predicted_length).")
+flags.DEFINE_float("source_coverage", None, "Diffusion rows: b > 0 nudges each source word in and keeps it from "
+                   "repeating (0: off; default: the workdir's sample.source_coverage).")
 flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "likelihood"], "Which rows to measure.")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
 
@@ -69,21 +71,26 @@ def main(argv):
       workdir, "test", max_sources=n, write=False, **kwargs)
   for steps in map(int, FLAGS.steps if "diffusion" in FLAGS.sections else []):
     run = generate(diffusion, steps=steps, mbr=FLAGS.mbr, source_guidance=FLAGS.source_guidance,
-                   model_time_floor=FLAGS.model_time_floor, predicted_length=FLAGS.predicted_length)
+                   model_time_floor=FLAGS.model_time_floor, predicted_length=FLAGS.predicted_length,
+                   source_coverage=FLAGS.source_coverage)
     warm(run)
     options = ((f", MBR of {FLAGS.mbr}" if FLAGS.mbr else "") + (f", w = {FLAGS.source_guidance:g}"
                                                                   if FLAGS.source_guidance else "")
                + (f", floor {FLAGS.model_time_floor:g}" if FLAGS.model_time_floor is not None else "")
-               + {True: ", predicted length", False: ", free length"}.get(FLAGS.predicted_length, ""))
+               + {True: ", predicted length", False: ", free length"}.get(FLAGS.predicted_length, "")
+               + (f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""))
     rows.append(row(f"diffusion, {steps} steps{options}", run(sources)))
   if "ar" in FLAGS.sections:
     run = generate(diffusion, draft_workdir=ar)
     warm(run)
     rows.append(row("AR (greedy)", run(sources)))
   for strength in map(float, FLAGS.strengths if "refine" in FLAGS.sections else []):
-    run = generate(diffusion, draft_workdir=ar, strength=strength, steps=FLAGS.refine_steps)
+    run = generate(diffusion, draft_workdir=ar, strength=strength, steps=FLAGS.refine_steps,
+                   source_coverage=FLAGS.source_coverage)
     warm(run)
-    rows.append(row(f"AR draft + refine s={strength} ({round(strength * FLAGS.refine_steps)} steps)", run(sources)))
+    coverage = f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""
+    rows.append(row(f"AR draft + refine s={strength} ({round(strength * FLAGS.refine_steps)} steps){coverage}",
+                    run(sources)))
   likelihood = {}
   for name, workdir in (("diffusion", diffusion), ("ar", ar)) if "likelihood" in FLAGS.sections else ():
     report = evaluation.evaluate(workdir, "test", max_sequences=FLAGS.eval_sequences, write=False, progress=False)

@@ -47,7 +47,7 @@ RANGES = (
     ("train.eval_batches", 1, None), ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.num_samples", 0, None), ("sample.steps", 1, None), ("sample.temperature", 1e-3, None),
     ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99), ("sample.model_time_floor", 0.0, 1.0),
-    ("mesh.cpu_devices", 1, None),
+    ("mesh.cpu_devices", 1, None), ("sample.source_coverage", 0.0, None),
 )
 
 # Fields that fix the shapes of the parameters: a checkpoint only restores if they agree.
@@ -126,6 +126,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.sample.get("predicted_length") and not (config.data.conditional and config.model.kind == "diffusion"):
     raise ConfigError("--config.sample.predicted_length reads a target's length off a conditional continuous "
                       "diffusion model's source; this config is not one (leave it False)")
+  coverage = config.sample.source_coverage
+  if coverage and not (config.data.conditional and config.model.kind == "diffusion"
+                       and config.model.parameterization == "categorical"):
+    raise ConfigError("--config.sample.source_coverage steers a conditional continuous diffusion model's logits "
+                      "(categorical parameterization) towards its source's words; this config is not one (leave it 0)")
   if config.data.conditional and config.data.mode != "pad":
     raise ConfigError("--config.data.conditional=True needs --config.data.mode=pad (one source and target per row)")
   if config.data.conditional and not kinds.get(config.model.kind).conditional:

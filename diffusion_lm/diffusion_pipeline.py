@@ -24,7 +24,8 @@ from diffusion_lm.data.layout import EOS_ID, PAD_ID, SPECIAL_IDS, layout_row, la
 from diffusion_lm.data.tokenizer import Tokenizer
 from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.diffusion import likelihood, process, samplers
-from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions, with_source_guidance
+from diffusion_lm.diffusion.model_fns import (bind_denoiser, with_clean_positions, with_source_coverage,
+                                              with_source_guidance)
 from diffusion_lm.semantic_classifier import SemanticClassifier
 
 
@@ -80,6 +81,10 @@ class Pipeline:
     loop's evaluations)."""
     self.params, self.time_warp_table = params, time_warp_table
 
+  def _word_mask(self) -> jax.Array:
+    """[V] True for the model's ids that are words (the tokens `sample.source_coverage` counts)."""
+    return jnp.asarray(self.tokenizer.word_mask(self.model.vocab_size))
+
   def _warped_grid(self) -> bool:
     """Whether sampling steps follow training's time-warping profile (else they are uniform in t)."""
     return bool(self.config.sample.get("warped_grid", True))
@@ -90,7 +95,7 @@ class Pipeline:
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
            bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance,
-           float(self.config.sample.model_time_floor))
+           float(self.config.sample.model_time_floor), float(self.config.sample.source_coverage))
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
       # Weights and the time-warp table are arguments too: the train loop swaps in new ones.
@@ -102,6 +107,8 @@ class Pipeline:
           fns = (with_source_guidance(fns, anchor_tokens, clean_BL, jnp.maximum(jnp.sum(clean_BL, axis=1) - 1, 0), PAD_ID,
                                       source_guidance)
                  if source_guidance else with_clean_positions(fns, anchor_tokens, clean_BL))
+          fns = with_source_coverage(fns, anchor_tokens, clean_BL, self._word_mask(),
+                                     float(self.config.sample.source_coverage))
         anchors = None if anchor_tokens is None else samplers.Anchors(
             anchor_tokens, anchor_mask, anchor_words_only, SPECIAL_IDS)
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,

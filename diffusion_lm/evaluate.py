@@ -18,7 +18,8 @@ next to the human references'; `--draft_workdir=AR_DIR [--strength=s]` scores AR
 refinement by this workdir; `--mbr=k` keeps the minimum-Bayes-risk output of k samples per source,
 `--source_guidance=w` guides them on the source, `--model_time_floor=c` tells the denoiser
 noise level max(t, c) (DINOISER's condition-enhanced sampling) and `--predicted_length` (or
-`--nopredicted_length`) pins each target's length to the one the model expects for its source.
+`--nopredicted_length`) pins each target's length to the one the model expects for its source;
+`--source_coverage=b` nudges each source word into the target once (0 turns it off).
 Written to `WORKDIR/eval/generate_<split>[...].json` and `.txt`.
 
 `--samples=FILE --judge_workdir=AR_DIR` scores generated text instead: the judge's perplexity
@@ -56,7 +57,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  for name in ("source_guidance", "mbr", "model_time_floor", "predicted_length"):
+  for name in ("source_guidance", "mbr", "model_time_floor", "predicted_length", "source_coverage"):
     if getattr(FLAGS, name) and not FLAGS.generate:
       raise UserError(f"--{name} applies to --generate (a conditional model's outputs for the test sources)")
   if FLAGS.generate:
@@ -65,7 +66,7 @@ def main(argv):
     report = evaluate_generation(FLAGS.workdir, FLAGS.split, FLAGS.steps, FLAGS.seed, FLAGS.max_sequences,
                                  FLAGS.draft_workdir, FLAGS.strength, source_guidance=FLAGS.source_guidance,
                                  mbr=FLAGS.mbr, model_time_floor=FLAGS.model_time_floor,
-                                 predicted_length=FLAGS.predicted_length)
+                                 predicted_length=FLAGS.predicted_length, source_coverage=FLAGS.source_coverage)
     name = report["settings"]["report_name"]
   elif FLAGS.samples:
     if not FLAGS.judge_workdir:
@@ -116,6 +117,8 @@ def run():
   flags.DEFINE_bool("predicted_length", None, "With --generate: pin each target's length to the model's expected "
                     "length for its source, or let the model choose (--nopredicted_length); default: the config's "
                     "sample.predicted_length.")
+  flags.DEFINE_float("source_coverage", None, "With --generate: b > 0 adds b to the logits of the source's words "
+                     "and keeps each from repeating (0 turns it off; default: the config's sample.source_coverage).")
   flags.DEFINE_integer("mbr", None, "With --generate: draw k outputs per source and keep the minimum-Bayes-risk "
                        "one (highest mean BLEU against the other k − 1); k times the sampling time.")
   flags.mark_flags_as_required(["workdir"])

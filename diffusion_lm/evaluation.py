@@ -190,7 +190,8 @@ def load_drafter(workdir: str, draft_workdir: str):
 def evaluate_generation(workdir: str, split: str = "test", steps: int | None = None, seed: int = 0,
                         max_sources: int = 0, draft_workdir: str | None = None, strength: float | None = None,
                         write: bool = True, source_guidance: float = 0.0, mbr: int | None = None,
-                        model_time_floor: float | None = None, predicted_length: bool | None = None) -> dict:
+                        model_time_floor: float | None = None, predicted_length: bool | None = None,
+                        source_coverage: float | None = None) -> dict:
   """Data-to-text quality of a conditional workdir: one output per source of `split`, scored against
   all of that source's references.
 
@@ -202,7 +203,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   with classifier-free guidance on the source, `mbr` k keeps the minimum-Bayes-risk output of k
   (`Pipeline.generate`), `model_time_floor` replaces the config's `sample.model_time_floor`
   (DINOISER's condition-enhanced sampling) and `predicted_length` its `sample.predicted_length`
-  (each target written at the length the model expects for its source). Outputs go to
+  (each target written at the length the model expects for its source), `source_coverage` its
+  `sample.source_coverage` (each source word nudged in and not repeated). Outputs go to
   WORKDIR/eval/generate_<name>.txt, the report to WORKDIR/eval/generate_<name>.json.
 
   Example:
@@ -217,7 +219,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   pipe = pipeline.load(workdir)
   config = pipe.config
   overrides = {name: value for name, value in (("sample.model_time_floor", model_time_floor),
-                                                ("sample.predicted_length", predicted_length)) if value is not None}
+                                                ("sample.predicted_length", predicted_length),
+                                                ("sample.source_coverage", source_coverage)) if value is not None}
   if overrides:
     config_utils.validate(config_utils.apply_overrides(config, overrides))
   if not config.data.conditional:
@@ -233,7 +236,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
                                  "_drafts" if draft_workdir else "")
           + (f"_guided{source_guidance:g}" if source_guidance else "") + (f"_mbr{mbr}" if mbr else "")
           + (f"_floor{model_time_floor:g}" if model_time_floor is not None else "")
-          + ({True: "_predicted_length", False: "_free_length"}.get(predicted_length, "")))
+          + ({True: "_predicted_length", False: "_free_length"}.get(predicted_length, ""))
+          + (f"_coverage{source_coverage:g}" if source_coverage is not None else ""))
   if source_guidance and (draft_workdir or not hasattr(pipe, "refine")):
     raise UserError("--source_guidance samples a conditional diffusion model's targets; it does not apply to "
                     "AR drafts or an autoregressive --workdir")
@@ -269,6 +273,7 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
       "sampler": config.sample.sampler, "draft_workdir": draft_workdir and os.path.abspath(draft_workdir),
       "strength": strength, "source_guidance": source_guidance, "mbr": mbr,
       "model_time_floor": config.sample.model_time_floor, "predicted_length": config.sample.predicted_length,
+      "source_coverage": config.sample.source_coverage,
       "max_sources": max_sources,
       "report_name": name, "num_devices": jax.device_count(),
       "platform": jax.default_backend(), "jax_version": jax.__version__,

@@ -222,6 +222,41 @@ def test_predicted_lengths_are_the_targets_and_generate_pins_them(workdirs):
     diffusion_lm.load(workdirs["unconditional"]).predicted_lengths(["name1"])
 
 
+def test_source_coverage_nudges_source_words_in_and_penalises_their_repeats():
+  """The pure wrapper on hand-made logits: +b on the source's words at the target, −5 on a repeat."""
+  from diffusion_lm.diffusion.model_fns import COVERAGE_REPEAT_PENALTY, DenoiserFns, with_source_coverage
+  # Ids 0-3 specials and unk, 4 a comma, 5-7 words. Row: source "5 4" + BOS, then 4 target positions.
+  tokens_BL = jnp.array([[5, 4, layout.BOS_ID, 0, 0, 0, 0]])
+  clean_BL = jnp.array([[True, True, True, False, False, False, False]])
+  words_V = jnp.array([False, False, False, False, False, True, True, True])
+  logits_BLV = jnp.zeros((1, 7, 8)).at[0, 3, 5].set(4.0).at[0, 4, 5].set(3.0).at[0, 5, 6].set(3.0).at[0, 6, 6].set(2.0)
+  logits_BLV = logits_BLV.at[0, :, 4].add(1.0)  # The comma is in the source but is not a word: no bonus.
+  table_VD = jax.random.normal(jax.random.key(0), (8, 3))
+  fns = DenoiserFns(embed=lambda tokens: table_VD[tokens], denoise=lambda z, t, sc=None: (logits_BLV, None),
+                    round_logits=None, embedding_table=table_VD, categorical=True)
+  assert with_source_coverage(fns, tokens_BL, clean_BL, words_V, bias=0.0) is fns  # Off: the plain denoiser.
+  covered, x0_BLD = with_source_coverage(fns, tokens_BL, clean_BL, words_V, bias=1.5).denoise(None, None)
+  expected = logits_BLV.at[0, 3:, 5].add(1.5)  # Word 5 of the source, at every target position.
+  expected = expected.at[0, 4, 5].add(-COVERAGE_REPEAT_PENALTY)  # Chosen at position 3 with more confidence.
+  np.testing.assert_allclose(covered, expected)  # Word 6 repeats but is not the source's: untouched.
+  np.testing.assert_allclose(x0_BLD, jax.nn.softmax(expected, axis=-1) @ table_VD, rtol=1e-6)
+
+
+def test_source_coverage_still_copies_and_is_checked(workdirs):
+  import diffusion_lm
+  pipe = diffusion_lm.load(workdirs["conditional"])
+  words = pipe.tokenizer.word_mask()
+  assert not words[[layout.PAD_ID, layout.EOS_ID, layout.BOS_ID, layout.UNK_ID]].any()
+  assert words[pipe.tokenizer.encode("name7")].all() and not words[pipe.tokenizer.encode(".")].any()
+  plain = pipe.generate(NAMES, steps=20)
+  pipe.config.sample.source_coverage = 1.0
+  covered = pipe.generate(NAMES, steps=20)
+  assert covered != plain  # The setting reaches the compiled sampler.
+  assert all(output.endswith(" is here .") for output in covered), covered  # Still the targets' shape.
+  copied = lambda outputs: sum(output == TARGET.format(name) for name, output in zip(NAMES, outputs))
+  assert copied(covered) > copied(plain), (covered, plain)  # The name is the source's one word (measured 26 vs 15).
+
+
 def test_source_guidance_needs_source_dropout(workdirs):
   import diffusion_lm
   from diffusion_lm import control
@@ -386,6 +421,10 @@ def test_the_eval_binary_refuses_bad_generation_options(workdirs):
   assert_one_line_error(result, "model_time_floor is the continuous diffusion sampler's")
   result = run_binary("evaluate", f"--workdir={workdirs['ar']}", "--generate", "--predicted_length")
   assert_one_line_error(result, "predicted_length reads a target's length off a conditional continuous diffusion")
+  result = run_binary("evaluate", f"--workdir={workdirs['conditional']}", "--source_coverage=1")
+  assert_one_line_error(result, "--source_coverage applies to --generate")
+  result = run_binary("evaluate", f"--workdir={workdirs['ar']}", "--generate", "--source_coverage=1")
+  assert_one_line_error(result, "source_coverage steers a conditional continuous diffusion model")
 
 
 def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpus, workdirs, tmp_path):
@@ -433,6 +472,9 @@ def test_conditional_configs_are_checked():
   for overrides, phrase in (({"data.mode": "pack"}, "mode=pad"), ({"model.kind": "masked"}, "does not train on"),
                             ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional"),
                             ({"data.conditional": False, "sample.predicted_length": True}, "predicted_length reads"),
-                            ({"model.kind": "autoregressive", "sample.predicted_length": True}, "predicted_length reads")):
+                            ({"model.kind": "autoregressive", "sample.predicted_length": True}, "predicted_length reads"),
+                            ({"data.conditional": False, "sample.source_coverage": 1.0}, "source_coverage steers"),
+                            ({"model.parameterization": "direct", "sample.source_coverage": 1.0}, "source_coverage steers"),
+                            ({"sample.source_coverage": -1.0}, "source_coverage=-1.0 is out of range")):
     with pytest.raises(ConfigError, match=phrase):
       config_utils.validate(tiny_config(**{"data.conditional": True, **overrides}))

@@ -216,6 +216,20 @@ class Tokenizer:
     """The vocabulary entry of `token_id` (word pieces start with "▁")."""
     return self._processor.id_to_piece(int(token_id))
 
+  def word_mask(self, size: int | None = None) -> np.ndarray:
+    """[size] bool (default `vocab_size`): True for ids whose piece holds a letter or digit (not the
+    specials, unk, punctuation, or ids past the vocabulary).
+
+    Example:
+        >>> tok.word_mask()[tok.piece_to_id("▁pub")], tok.word_mask()[tok.piece_to_id("▁,")]
+        (True, False)
+    """
+    mask = np.zeros((size or self.vocab_size,), bool)
+    specials = {self.pad_id, self.eos_id, self.bos_id, self.unk_id}
+    for token_id in range(min(mask.shape[0], self.vocab_size)):
+      mask[token_id] = token_id not in specials and any(c.isalnum() for c in self.id_to_piece(token_id))
+    return mask
+
   def piece_to_id(self, piece: str) -> int:
     """The id of a vocabulary entry, `unk_id` if absent. Example: piece_to_id("▁pub")."""
     return self._processor.piece_to_id(piece)
