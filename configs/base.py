@@ -104,8 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
   sample.predicted_length = False  # Conditional models: `generate` pins each target's EOS at the length the model
   #                                  expects from pure noise (Σ P(not PAD/EOS) at t = 1) instead of letting it choose.
   sample.source_coverage = 0.0  # Conditional models: b > 0 adds b to the logits of the source's words at the target
-  #                               and takes 5 off a source word chosen at a more confident position already (each
-  #                               MR value said once: the parallel decoder repeats some and drops others).
+  #                               (b/8 for a word some position already holds) and takes 5 off a source word chosen
+  #                               at a more confident position (each MR value said once: the parallel decoder repeats
+  #                               some and drops others).
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).
 

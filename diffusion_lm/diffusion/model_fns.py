@@ -109,6 +109,7 @@ def with_source_guidance(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
 
 
 COVERAGE_REPEAT_PENALTY = 5.0  # Logits off a repeated source word: 5 and 10 scored alike (BENCHMARKS.md).
+COVERED_SHARE = 0.125  # Of the bonus, for a source word that is already some target position's argmax.
 
 
 def with_source_coverage(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.Array, words_V: jax.Array,
@@ -116,27 +117,32 @@ def with_source_coverage(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
   """A conditional denoiser nudged to say each source word once: a coverage prior for data-to-text.
 
   At the target positions (not `clean_BL`), every word token of the row's source (`words_V` [V]:
-  True for tokens that are words, not specials or punctuation) gets `bias` added to its logit;
-  and where a source word is the argmax at several target positions, every position but the most
-  confident loses `repeat_penalty` on it. A parallel decoder left alone puts the likeliest source
-  word at many positions ("Blue Spice is a coffee shop Blue Spice ...") and leaves others out; the
-  bias makes room for the rare ones, the penalty stops them piling up (cf. the coverage penalty
-  of NMT decoding, Tu et al. 2016; Wu et al. 2016). x̂0 = softmax(logits) E follows (categorical
+  True for tokens that are words, not specials or punctuation) gets `bias` added to its logit if
+  no target position has it as its argmax yet, and `bias` × COVERED_SHARE if one has; then, where
+  a source word is the argmax at several target positions, every position but the most confident
+  loses `repeat_penalty` on it. A parallel decoder left alone puts the likeliest source words at
+  many positions ("Blue Spice is a coffee shop Blue Spice ...") and leaves others out; the bonus
+  makes room for the missing ones, the penalty stops them piling up (cf. the coverage penalty of
+  NMT decoding, Tu et al. 2016; Wu et al. 2016). x̂0 = softmax(logits) E follows (categorical
   models). bias = 0 returns `fns` unchanged.
 
   Example:
-    >>> fns = with_source_coverage(fns, tokens_BL, source_mask(tokens_BL), words_V, bias=1.0)
+    >>> fns = with_source_coverage(fns, tokens_BL, source_mask(tokens_BL), words_V, bias=4.0)
   """
   if bias == 0.0:
     return fns
   batch, length = tokens_BL.shape
+  vocab_size = words_V.shape[0]
   target_BL = ~clean_BL
-  in_source_BV = jnp.zeros((batch, words_V.shape[0]), bool).at[jnp.arange(batch)[:, None], tokens_BL].max(clean_BL)
+  in_source_BV = jnp.zeros((batch, vocab_size), bool).at[jnp.arange(batch)[:, None], tokens_BL].max(clean_BL)
   source_words_BV = in_source_BV & words_V[None, :]
 
   def denoise(noisy_BLD, t_B, self_cond_BLD=None):
     logits_BLV, _ = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
-    logits_BLV = logits_BLV + bias * (source_words_BV[:, None, :] & target_BL[..., None])
+    chosen_BLV = jax.nn.one_hot(jnp.argmax(logits_BLV, axis=-1), vocab_size, dtype=bool) & target_BL[..., None]
+    covered_BV = jnp.any(chosen_BLV, axis=1)
+    bonus_BV = bias * jnp.where(covered_BV, COVERED_SHARE, 1.0) * source_words_BV
+    logits_BLV = logits_BLV + bonus_BV[:, None, :] * target_BL[..., None]
     choice_BL = jnp.argmax(logits_BLV, axis=-1)
     # Ties go to the later position, so exactly one copy of a word stays unpenalised.
     confidence_BL = jnp.max(jax.nn.log_softmax(logits_BLV, axis=-1), axis=-1) + 1e-6 * jnp.arange(length)
@@ -144,6 +150,6 @@ def with_source_coverage(fns: DenoiserFns, tokens_BL: jax.Array, clean_BL: jax.A
     same_word_BLL = (choice_BL[:, :, None] == choice_BL[:, None, :]) & source_word_BL[:, None, :]
     outranked_BL = jnp.any(same_word_BLL & (confidence_BL[:, None, :] > confidence_BL[:, :, None]), axis=-1)
     outranked_BL = outranked_BL & source_word_BL
-    logits_BLV = logits_BLV - repeat_penalty * (outranked_BL[..., None] * jax.nn.one_hot(choice_BL, words_V.shape[0]))
+    logits_BLV = logits_BLV - repeat_penalty * (outranked_BL[..., None] * jax.nn.one_hot(choice_BL, vocab_size))
     return logits_BLV, jax.nn.softmax(logits_BLV, axis=-1) @ fns.embedding_table
   return dataclasses.replace(fns, denoise=denoise)
