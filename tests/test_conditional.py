@@ -244,7 +244,7 @@ def test_source_coverage_nudges_source_words_in_and_penalises_their_repeats():
   np.testing.assert_allclose(x0_BLD, jax.nn.softmax(expected, axis=-1) @ table_VD, rtol=1e-6)
 
 
-def test_source_coverage_still_copies_and_is_checked(workdirs):
+def test_source_coverage_copies_the_source_more_often_in_generation_and_refinement(workdirs):
   import diffusion_lm
   pipe = diffusion_lm.load(workdirs["conditional"])
   words = pipe.tokenizer.word_mask()
@@ -256,7 +256,10 @@ def test_source_coverage_still_copies_and_is_checked(workdirs):
   assert covered != plain  # The setting reaches the compiled sampler.
   assert all(output.endswith(" is here .") for output in covered), covered  # Still the targets' shape.
   copied = lambda outputs: sum(output == TARGET.format(name) for name, output in zip(NAMES, outputs))
-  assert copied(covered) > copied(plain), (covered, plain)  # The name is the source's one word (measured: 30 of 30 vs 15).
+  # The name is the source's one word (measured: 30 of 30 against 15).
+  assert copied(covered) > copied(plain), (covered, plain)
+  drafts = [TARGET.format(NAMES[(i + 1) % 30]) for i in range(30)]  # Wrong names: refinement applies it too.
+  assert copied(pipe.refine(drafts, NAMES, 1.0, steps=20)) > copied(plain), drafts
 
 
 def test_source_guidance_needs_source_dropout(workdirs):
@@ -330,6 +333,10 @@ def test_eval_binary_scores_the_target_given_the_source(workdirs):
                                         model_time_floor=0.5)
   assert floored["settings"]["report_name"] == "generate_test_floor0.5"
   assert floored["settings"]["model_time_floor"] == 0.5
+  covered = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False,
+                                         source_coverage=4.0)
+  assert covered["settings"]["report_name"] == "generate_test_coverage4" and covered["bleu"] > 50, covered
+  assert covered["settings"]["source_coverage"] == 4.0
   from diffusion_lm.errors import UserError
   with pytest.raises(UserError, match="source_dropout"):  # Refused before any sampling.
     evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, write=False, source_guidance=1.0)
@@ -474,9 +481,11 @@ def test_conditional_configs_are_checked():
   for overrides, phrase in (({"data.mode": "pack"}, "mode=pad"), ({"model.kind": "masked"}, "does not train on"),
                             ({"data.conditional": False, "data.source_dropout": 0.1}, "needs --config.data.conditional"),
                             ({"data.conditional": False, "sample.predicted_length": True}, "predicted_length reads"),
-                            ({"model.kind": "autoregressive", "sample.predicted_length": True}, "predicted_length reads"),
+                            ({"model.kind": "autoregressive", "sample.predicted_length": True},
+                             "predicted_length reads"),
                             ({"data.conditional": False, "sample.source_coverage": 1.0}, "source_coverage steers"),
-                            ({"model.parameterization": "direct", "sample.source_coverage": 1.0}, "source_coverage steers"),
+                            ({"model.parameterization": "direct", "sample.source_coverage": 1.0},
+                             "source_coverage steers"),
                             ({"sample.source_coverage": -1.0}, "source_coverage=-1.0 is out of range")):
     with pytest.raises(ConfigError, match=phrase):
       config_utils.validate(tiny_config(**{"data.conditional": True, **overrides}))
