@@ -6,6 +6,7 @@ Rows (each one output per test MR, 630 MRs, scored against all ~7 references of 
     `--predicted_length` and `--source_coverage` b when given;
   - the AR twin (configs/e2e_cond_ar.py), greedy;
   - AR drafts refined by the diffusion workdir at each of `--strengths` (`--refine_steps` for a full run);
+  - AR drafts kept and completed by the diffusion workdir (`Pipeline.complete`) at each of `--steps`;
 and for the two models the conditional likelihood of every (MR, reference) test pair: the diffusion
 bound on −log p(reference | MR) and the AR exact NLL, on the same reference tokens. Time per MR is
 wall-clock on this machine, batches of 64 compiled beforehand (a first call of each shape warms up).
@@ -43,7 +44,7 @@ flags.DEFINE_bool("predicted_length", None, "Diffusion rows: pin each target's l
                   "(--nopredicted_length: the model chooses; default: the workdir's sample.predicted_length).")
 flags.DEFINE_float("source_coverage", None, "Diffusion rows: b > 0 nudges each source word in and keeps it from "
                    "repeating (0: off; default: the workdir's sample.source_coverage).")
-flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "likelihood"], "Which rows to measure.")
+flags.DEFINE_list("sections", ["diffusion", "ar", "refine", "complete", "likelihood"], "Which rows to measure.")
 flags.DEFINE_string("output", None, "Write the JSON rows here.")
 
 TGEN = {"bleu": 65.93, "nist": 8.61, "meteor": 44.83, "rouge_l": 68.50, "cider": 2.23}  # Dušek et al. 2020, test.
@@ -91,6 +92,12 @@ def main(argv):
     coverage = f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""
     rows.append(row(f"AR draft + refine s={strength} ({round(strength * FLAGS.refine_steps)} steps){coverage}",
                     run(sources)))
+  for steps in map(int, FLAGS.steps if "complete" in FLAGS.sections else []):
+    run = generate(diffusion, draft_workdir=ar, complete=True, steps=steps, model_time_floor=FLAGS.model_time_floor,
+                   source_coverage=FLAGS.source_coverage)
+    warm(run)
+    coverage = f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""
+    rows.append(row(f"AR draft + diffusion completion ({steps} steps){coverage}", run(sources)))
   likelihood = {}
   for name, workdir in (("diffusion", diffusion), ("ar", ar)) if "likelihood" in FLAGS.sections else ():
     report = evaluation.evaluate(workdir, "test", max_sequences=FLAGS.eval_sequences, write=False, progress=False)

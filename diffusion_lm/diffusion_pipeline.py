@@ -45,18 +45,44 @@ class Trajectory(NamedTuple):
 
 
 GENERATE_BATCH_SIZE = 64  # Sources per sampler call in `generate` / `refine`: one compilation for any count.
+# `complete` extends a draft that lacks a source word the model expects this many times or more in
+# the target (its count at t = 1). At 0.5 a fifth of the E2E drafts of the AR twin qualify (BENCHMARKS.md).
+MISSING_WORD_COUNT = 0.5
 
 
-def expected_lengths(logits_BLV: jax.Array, target_BL: jax.Array) -> jax.Array:
-  """[B]: the expected number of words in each row's target, Σ_n P(w_n ∉ {PAD, EOS}) over `target_BL`.
+def expected_counts(logits_BLV: jax.Array, target_BL: jax.Array) -> jax.Array:
+  """[B, V]: how many times each row's target is expected to hold each token, Σ_n P(w_n = v) over `target_BL`.
 
   Example:
-    >>> expected_lengths(jnp.log(jnp.array([[[0.5, 0.0, 0.0, 0.5]]])), jnp.array([[True]]))  # PAD 0, EOS 1
-    Array([0.5], dtype=float32)
+    >>> expected_counts(jnp.log(jnp.array([[[0.5, 0.0, 0.0, 0.5]]])), jnp.array([[True]]))
+    Array([[0.5, 0. , 0. , 0.5]], dtype=float32)
   """
   probs_BLV = jax.nn.softmax(logits_BLV.astype(jnp.float32), axis=-1)
-  word_BL = 1.0 - probs_BLV[..., PAD_ID] - probs_BLV[..., EOS_ID]
-  return jnp.sum(jnp.where(target_BL, word_BL, 0.0), axis=-1)
+  return jnp.sum(jnp.where(target_BL[..., None], probs_BLV, 0.0), axis=1)
+
+
+def expected_lengths(counts_BV: jax.Array) -> jax.Array:
+  """[B]: the expected number of words in each row's target from its `expected_counts` (all but PAD and EOS).
+
+  Example:
+    >>> expected_lengths(jnp.array([[0.5, 0.0, 0.0, 0.5]]))  # PAD 0, EOS 1
+    Array([0.5], dtype=float32)
+  """
+  return jnp.sum(counts_BV, axis=-1) - counts_BV[:, PAD_ID] - counts_BV[:, EOS_ID]
+
+
+def missing_source_words(source_ids: np.ndarray, draft_ids: np.ndarray, counts_V: np.ndarray, words_V: np.ndarray,
+                         min_count: float) -> np.ndarray:
+  """The word tokens of a source that the model expects in its target (`expected_counts` ≥ `min_count`)
+  and a draft of that target lacks.
+
+  Example:
+    >>> missing_source_words(np.array([5, 7, 4]), np.array([5, 9]), counts_V, words_V, min_count=0.5)
+    array([7])  # If counts_V[7] >= 0.5 and words_V[7]; 4 a comma (not a word), 5 in the draft.
+  """
+  source_ids = np.unique(source_ids)
+  expected = source_ids[words_V[source_ids] & (counts_V[source_ids] >= min_count)]
+  return expected[~np.isin(expected, draft_ids)]
 
 
 class Pipeline:
@@ -265,7 +291,7 @@ class Pipeline:
   def predicted_lengths(self, sources: list[str], seed: int = 0) -> list[int]:
     """Each source's target length as the model expects it: Σ_n P(w_n ∉ {PAD, EOS}) over the target at t = 1.
 
-    One denoiser pass from pure noise with the source shown clean (`expected_lengths`). Left to
+    One denoiser pass from pure noise with the source shown clean (`expected_counts`). Left to
     choose, a conditional model writes short targets, most of them shorter than its references, and
     leaves MR values out (BENCHMARKS.md, "Data-to-text"); `sample.predicted_length` pins these.
 
@@ -273,28 +299,34 @@ class Pipeline:
       >>> pipe.predicted_lengths(["name[The Eagle], eatType[coffee shop], area[riverside]"])
       [17]
     """
-    sources = self._check_sources(sources)
     if not self.config.data.conditional:
       raise control.ControlError("predicted lengths are a conditional model's (data.conditional=True): an "
                                  "unconditional model has no source to read a length from")
-    plans = [self._plan(source) for source in sources]
-    key = ("predicted_lengths", min(len(plans), GENERATE_BATCH_SIZE))
+    plans = [self._plan(source) for source in self._check_sources(sources)]
+    return self._lengths(plans, self._expected_counts(plans, seed))
+
+  @staticmethod
+  def _lengths(plans: list, counts_NV: np.ndarray) -> list[int]:
+    """Rounded expected lengths: at least one word, and room for the EOS after it."""
+    return [int(np.clip(np.rint(length), 1, plan.seq_len - plan.start - 1))
+            for plan, length in zip(plans, np.asarray(expected_lengths(counts_NV)))]
+
+  def _expected_counts(self, plans: list, seed: int) -> np.ndarray:
+    """[N, V] `expected_counts` of each plan's target, from one denoiser pass at t = 1 with its source clean."""
+    key = ("expected_counts", min(len(plans), GENERATE_BATCH_SIZE))
     if key not in self._compiled:
       def expected(params, rows_BL, rng):
         fns = with_clean_positions(bind_denoiser(self.model, params), rows_BL, source_mask(rows_BL))
         noise_BLD = jax.random.normal(rng, rows_BL.shape + (self.config.model.embed_dim,))
         logits_BLV, _ = fns.denoise(noise_BLD, jnp.ones(rows_BL.shape[:1]))
-        return expected_lengths(logits_BLV, ~source_mask(rows_BL))
+        return expected_counts(logits_BLV, ~source_mask(rows_BL))
       self._compiled[key] = jax.jit(expected, out_shardings=parallel.replicated(self.mesh))
-    lengths = []
+    counts = []
     for index, start in enumerate(range(0, len(plans), GENERATE_BATCH_SIZE)):
       chunk = plans[start:start + GENERATE_BATCH_SIZE]
       rows_BL = np.stack([plan.tokens_L for plan in chunk + [chunk[-1]] * (key[1] - len(chunk))])
-      expected_B = np.asarray(self._compiled[key](self.params, rows_BL, jax.random.key(seed + index)))
-      # At least one word, and room for the EOS after it.
-      lengths.extend(int(np.clip(np.rint(length), 1, plan.seq_len - plan.start - 1))
-                     for plan, length in zip(chunk, expected_B))
-    return lengths
+      counts.append(np.asarray(self._compiled[key](self.params, rows_BL, jax.random.key(seed + index)))[:len(chunk)])
+    return np.concatenate(counts)
 
   def _check_source_guidance(self, weight) -> None:
     if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
@@ -321,8 +353,57 @@ class Pipeline:
       >>> pipe.refine(drafts, mrs, strength=0.3, steps=200)
     """
     strength = control.check_strength(strength)
+    plans, draft_rows = self._draft_rows(drafts, sources, "refine(list of drafts, list of sources, strength)")
+    if strength == 0.0:
+      return [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(plans, draft_rows)]
+    refine_steps = max(1, round((steps or self.config.sample.steps) * strength))
+    return self._in_batches(plans, np.stack(draft_rows), lambda chunk, chunk_drafts, chunk_seed: self._generate(
+        chunk, len(chunk), refine_steps, chunk_seed, sampler, clamp, mbr=mbr, drafts=chunk_drafts,
+        start_time=strength), seed)
+
+  def complete(self, drafts: list[str], sources: list[str], steps: int | None = None, seed: int = 0,
+               sampler: str | None = None, clamp: bool | None = None, *,
+               min_count: float = MISSING_WORD_COUNT) -> list[str]:
+    """Keeps each draft word for word and writes after it what it leaves out of its source.
+
+    The hybrid pipeline's other half: an AR draft is fluent but drops MR values; rewriting it
+    (`refine`) loses as many as it adds. Here the model reads, from one pass at t = 1, which words
+    of the source its target should hold (`expected_counts` ≥ `min_count`). A draft that
+    lacks one of them and is shorter than the model's predicted length is pinned as the target's
+    prefix, and the positions after it, up to that length, are sampled from noise (`steps`, with
+    the sampler's settings: `sample.source_coverage` nudges the missing words in). Other drafts
+    come back unchanged. A draft longer than the room after its source is cut, as in `refine`.
+
+    Example:
+      >>> drafts = ar_pipe.generate(mrs)
+      >>> pipe.complete(drafts, mrs, steps=20)
+    """
+    plans, draft_rows = self._draft_rows(drafts, sources, "complete(list of drafts, list of sources)")
+    counts_NV = self._expected_counts(plans, seed)
+    words_V = self.tokenizer.word_mask(counts_NV.shape[1])
+    outputs = [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(plans, draft_rows)]
+    extend = []  # (index, the plan with the draft pinned up to the predicted length)
+    for index, (plan, row_L, length) in enumerate(zip(plans, draft_rows, self._lengths(plans, counts_NV))):
+      target_L = row_L[plan.start:]
+      draft_len = int(np.argmax(target_L == EOS_ID))  # `_draft_rows` always ends a draft with EOS.
+      missing = missing_source_words(row_L[:plan.start], target_L[:draft_len], counts_NV[index], words_V, min_count)
+      if length <= draft_len or not missing.size:
+        continue
+      pinned = self._plan(sources[index], length=length)
+      pinned.tokens_L[plan.start:plan.start + draft_len] = target_L[:draft_len]
+      pinned.mask_L[plan.start:plan.start + draft_len] = True
+      extend.append((index, pinned))
+    if extend:
+      texts = self._in_batches([pinned for _, pinned in extend], None, lambda chunk, _, chunk_seed: self._generate(
+          chunk, len(chunk), steps, chunk_seed, sampler, clamp), seed)
+      for (index, _), text in zip(extend, texts):
+        outputs[index] = text
+    return outputs
+
+  def _draft_rows(self, drafts, sources, usage: str) -> tuple[list, list[np.ndarray]]:
+    """Each source's plan and its draft laid out as the target (EOS after it; cut to the room left)."""
     if isinstance(drafts, str) or isinstance(sources, str) or len(drafts) != len(sources):
-      raise control.ControlError("give one draft per source: refine(list of drafts, list of sources, strength)")
+      raise control.ControlError(f"give one draft per source: {usage}")
     plans = [self._plan(source) for source in sources]  # A source for an unconditional model is refused here.
     draft_rows = []
     for index, (plan, draft) in enumerate(zip(plans, drafts)):
@@ -332,12 +413,7 @@ class Pipeline:
       row_L = plan.tokens_L.copy()
       row_L[plan.start:] = layout_row(ids, plan.seq_len - plan.start)  # A draft that never ended is cut, EOS kept.
       draft_rows.append(row_L)
-    if strength == 0.0:
-      return [plan.decode(self.tokenizer, row[None])[0] for plan, row in zip(plans, draft_rows)]
-    refine_steps = max(1, round((steps or self.config.sample.steps) * strength))
-    return self._in_batches(plans, np.stack(draft_rows), lambda chunk, chunk_drafts, chunk_seed: self._generate(
-        chunk, len(chunk), refine_steps, chunk_seed, sampler, clamp, mbr=mbr, drafts=chunk_drafts,
-        start_time=strength), seed)
+    return plans, draft_rows
 
   def _check_sources(self, sources) -> list[str]:
     if isinstance(sources, str) or not all(isinstance(source, str) for source in sources) or not sources:

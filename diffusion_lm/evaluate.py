@@ -14,8 +14,9 @@ likelihood.py), so both kinds divide the probability of the same sentences by th
 
 `--generate` (conditional workdirs) writes one output per source of the split and scores them
 against all of that source's references: BLEU (sacrebleu) and chrF, and for E2E the slot error rate
-next to the human references'; `--draft_workdir=AR_DIR [--strength=s]` scores AR drafts, or their
-refinement by this workdir; `--mbr=k` keeps the minimum-Bayes-risk output of k samples per source,
+next to the human references'; `--draft_workdir=AR_DIR [--strength=s | --complete]` scores AR
+drafts, their refinement by this workdir, or the drafts kept and completed with the source words
+they lack; `--mbr=k` keeps the minimum-Bayes-risk output of k samples per source,
 `--source_guidance=w` guides them on the source, `--model_time_floor=c` tells the denoiser
 noise level max(t, c) (DINOISER's condition-enhanced sampling) and `--predicted_length` (or
 `--nopredicted_length`) pins each target's length to the one the model expects for its source;
@@ -39,6 +40,7 @@ Examples:
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --steps=200
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --steps=20 --mbr=5 --source_guidance=0.5
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --draft_workdir=/tmp/e2e_cond_ar --strength=0.3
+  python -m diffusion_lm.evaluate --workdir=/tmp/e2e_cond --generate --draft_workdir=/tmp/e2e_cond_ar --complete
   python -m diffusion_lm.evaluate --workdir=/tmp/e2e --samples=/tmp/e2e/samples.txt \
       --judge_workdir=/tmp/e2e_ar
 """
@@ -57,7 +59,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  for name in ("source_guidance", "mbr", "model_time_floor", "predicted_length", "source_coverage"):
+  for name in ("source_guidance", "mbr", "model_time_floor", "predicted_length", "source_coverage", "complete"):
     if getattr(FLAGS, name) and not FLAGS.generate:
       raise UserError(f"--{name} applies to --generate (a conditional model's outputs for the test sources)")
   if FLAGS.generate:
@@ -66,7 +68,8 @@ def main(argv):
     report = evaluate_generation(FLAGS.workdir, FLAGS.split, FLAGS.steps, FLAGS.seed, FLAGS.max_sequences,
                                  FLAGS.draft_workdir, FLAGS.strength, source_guidance=FLAGS.source_guidance,
                                  mbr=FLAGS.mbr, model_time_floor=FLAGS.model_time_floor,
-                                 predicted_length=FLAGS.predicted_length, source_coverage=FLAGS.source_coverage)
+                                 predicted_length=FLAGS.predicted_length, source_coverage=FLAGS.source_coverage,
+                                 complete=FLAGS.complete)
     name = report["settings"]["report_name"]
   elif FLAGS.samples:
     if not FLAGS.judge_workdir:
@@ -110,6 +113,8 @@ def run():
   flags.DEFINE_string("draft_workdir", None, "With --generate: a conditional AR workdir that drafts; with "
                       "--strength this workdir refines the drafts, without it the drafts are scored.")
   flags.DEFINE_float("strength", None, "With --draft_workdir: refine strength in [0, 1].")
+  flags.DEFINE_bool("complete", False, "With --draft_workdir: keep each draft and write after it the source words "
+                    "it lacks (this diffusion workdir; instead of --strength).")
   flags.DEFINE_float("source_guidance", 0.0, "With --generate: classifier-free guidance weight w on the source "
                      "(logits = c + w·(c − u); needs a model trained with data.source_dropout > 0).")
   flags.DEFINE_float("model_time_floor", None, "With --generate: the denoiser is told noise level max(t, c) "

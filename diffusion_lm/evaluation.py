@@ -191,7 +191,7 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
                         max_sources: int = 0, draft_workdir: str | None = None, strength: float | None = None,
                         write: bool = True, source_guidance: float = 0.0, mbr: int | None = None,
                         model_time_floor: float | None = None, predicted_length: bool | None = None,
-                        source_coverage: float | None = None) -> dict:
+                        source_coverage: float | None = None, complete: bool = False) -> dict:
   """Data-to-text quality of a conditional workdir: one output per source of `split`, scored against
   all of that source's references.
 
@@ -199,7 +199,8 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   for E2E the slot error rate (text_metrics.slot_errors: MR values missing or added) of the outputs
   and, as the checker's floor, of each source's first human reference; seconds per source. With
   `draft_workdir` (a conditional AR workdir) the AR model drafts and this one refines each draft at
-  `strength` (strength None: the drafts themselves are scored); `source_guidance` w > 0 samples
+  `strength` (strength None: the drafts themselves are scored), or with `complete` keeps each draft
+  and writes the source words it lacks after it (`Pipeline.complete`); `source_guidance` w > 0 samples
   with classifier-free guidance on the source, `mbr` k keeps the minimum-Bayes-risk output of k
   (`Pipeline.generate`), `model_time_floor` replaces the config's `sample.model_time_floor`
   (DINOISER's condition-enhanced sampling) and `predicted_length` its `sample.predicted_length`
@@ -232,8 +233,11 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   sources = list(groups)[:max_sources or None]
   references = [groups[source] for source in sources]
   started = time.perf_counter()
+  if complete and (not draft_workdir or strength is not None):
+    raise UserError("--complete extends AR drafts: give --draft_workdir=AR_WORKDIR, and no --strength (that "
+                    "rewrites the drafts instead)")
   name = (f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
-                                 "_drafts" if draft_workdir else "")
+                                 "_complete" if complete else "_drafts" if draft_workdir else "")
           + (f"_guided{source_guidance:g}" if source_guidance else "") + (f"_mbr{mbr}" if mbr else "")
           + (f"_floor{model_time_floor:g}" if model_time_floor is not None else "")
           + ({True: "_predicted_length", False: "_free_length"}.get(predicted_length, ""))
@@ -245,12 +249,15 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
     raise UserError("--mbr picks among a conditional diffusion model's samples; it does not apply to AR drafts "
                     "or an autoregressive --workdir (greedy decoding draws one output)")
   if draft_workdir:
-    if strength is not None and not hasattr(pipe, "refine"):
-      raise UserError(f"--strength refines with a diffusion model; {workdir} holds a {config.model.kind} model")
+    if (strength is not None or complete) and not hasattr(pipe, "refine"):
+      raise UserError(f"--{'strength' if strength is not None else 'complete'} revises drafts with a diffusion "
+                      f"model; {workdir} holds a {config.model.kind} model")
     drafter = load_drafter(workdir, draft_workdir)
     outputs = drafter.generate(sources, seed=seed)
     if strength is not None:
       outputs = pipe.refine(outputs, sources, strength, steps, seed)
+    elif complete:
+      outputs = pipe.complete(outputs, sources, steps, seed)
   else:
     outputs = pipe.generate(sources, steps=steps, seed=seed, mbr=mbr,
                             **({"source_guidance": source_guidance} if source_guidance else {}))
@@ -271,7 +278,7 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   report["settings"] = {
       "workdir": os.path.abspath(workdir), "split": split, "steps": steps or config.sample.steps, "seed": seed,
       "sampler": config.sample.sampler, "draft_workdir": draft_workdir and os.path.abspath(draft_workdir),
-      "strength": strength, "source_guidance": source_guidance, "mbr": mbr,
+      "strength": strength, "complete": complete, "source_guidance": source_guidance, "mbr": mbr,
       "model_time_floor": config.sample.model_time_floor, "predicted_length": config.sample.predicted_length,
       "source_coverage": config.sample.source_coverage,
       "max_sources": max_sources,

@@ -11,6 +11,8 @@ Example:
   python -m diffusion_lm.sample --workdir=/tmp/e2e_cond --source_file=mrs.txt --output=out.txt
   python -m diffusion_lm.sample --workdir=/tmp/e2e_cond --source_file=mrs.txt --draft_workdir=/tmp/e2e_cond_ar \
       --strength=0.3
+  python -m diffusion_lm.sample --workdir=/tmp/e2e_cond --source_file=mrs.txt --draft_workdir=/tmp/e2e_cond_ar \
+      --complete
 """
 
 import os
@@ -40,6 +42,9 @@ def main(argv):
   sources = read_sources()
   if FLAGS.draft_workdir and sources is None:
     raise UserError("--draft_workdir drafts targets for sources: give --source or --source_file")
+  if FLAGS.complete and (not FLAGS.draft_workdir or FLAGS.strength is not None):
+    raise UserError("--complete extends AR drafts: give --draft_workdir=AR_WORKDIR, and no --strength (that "
+                    "rewrites the drafts instead)")
   if FLAGS.source_guidance and (sources is None or FLAGS.draft_workdir):
     raise UserError("--source_guidance steers a conditional model's targets towards their sources: give --source or "
                     "--source_file, without --draft_workdir")
@@ -63,14 +68,17 @@ def main(argv):
                       "--draft_workdir with --strength to revise drafts")
     per_source = FLAGS.num_samples if FLAGS["num_samples"].present else 1
     if FLAGS.draft_workdir:
-      if FLAGS.strength is not None and not isinstance(pipe, pipeline.Pipeline):
-        raise UserError("--draft_workdir with --strength refines with a diffusion model; --workdir holds "
-                        f"a {pipe.config.model.kind} model")
+      if (FLAGS.strength is not None or FLAGS.complete) and not isinstance(pipe, pipeline.Pipeline):
+        raise UserError(f"--draft_workdir with --{'complete' if FLAGS.complete else 'strength'} revises drafts "
+                        f"with a diffusion model; --workdir holds a {pipe.config.model.kind} model")
       drafter = evaluation.load_drafter(FLAGS.workdir, FLAGS.draft_workdir)
       lines = drafter.generate([s for s in sources for _ in range(per_source)], seed=FLAGS.seed, **ar_options)
       if FLAGS.strength is not None:
         lines = pipe.refine(lines, [s for s in sources for _ in range(per_source)], FLAGS.strength, FLAGS.steps,
                             FLAGS.seed, FLAGS.sampler, FLAGS.clamp, mbr=FLAGS.mbr)
+      elif FLAGS.complete:
+        lines = pipe.complete(lines, [s for s in sources for _ in range(per_source)], FLAGS.steps, FLAGS.seed,
+                              FLAGS.sampler, FLAGS.clamp)
     else:
       target_controls = {"template": FLAGS.infill, "prefix": FLAGS.prefix, "suffix": FLAGS.suffix,
                          "anchors": control.parse_anchor_specs(FLAGS.anchor), "length": FLAGS.length}
@@ -152,7 +160,10 @@ def run():
   flags.DEFINE_float("source_guidance", 0.0, "With --source: classifier-free guidance weight w (logits = c + "
                      "w·(c − u)); needs a model trained with --config.data.source_dropout > 0.")
   flags.DEFINE_string("draft_workdir", None, "A conditional AR workdir drafts each output; with --strength this "
-                      "(diffusion) workdir refines the drafts.")
+                      "(diffusion) workdir refines the drafts, with --complete it writes after each draft the "
+                      "source words it lacks.")
+  flags.DEFINE_bool("complete", False, "With --draft_workdir: keep each draft word for word and write after it the "
+                    "source words it lacks (instead of --strength).")
   flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1); "
                      "diffusion workdirs: score temperature (default: the config's sample.temperature).")
   flags.mark_flags_as_required(["workdir"])

@@ -208,10 +208,12 @@ def test_model_time_floor_applies_to_generation_from_noise_not_to_refinement(wor
 def test_predicted_lengths_are_the_targets_and_generate_pins_them(workdirs):
   import diffusion_lm
   from diffusion_lm import control
-  from diffusion_lm.diffusion_pipeline import expected_lengths
+  from diffusion_lm.diffusion_pipeline import expected_counts, expected_lengths
   # PAD 0, EOS 1, two words: P(word) 0.25 + 1.0 over the target; the third position is not the target's.
   logits_BLV = jnp.log(jnp.array([[[0.5, 0.25, 0.0, 0.25], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]]]))
-  np.testing.assert_allclose(expected_lengths(logits_BLV, jnp.array([[True, True, False]])), [1.25], rtol=1e-6)
+  counts_BV = expected_counts(logits_BLV, jnp.array([[True, True, False]]))
+  np.testing.assert_allclose(counts_BV, [[0.5, 0.25, 0.0, 1.25]], rtol=1e-6)
+  np.testing.assert_allclose(expected_lengths(counts_BV), [1.25], rtol=1e-6)
   pipe = diffusion_lm.load(workdirs["conditional"])
   assert pipe.predicted_lengths(NAMES) == [4] * len(NAMES)  # Every target of the corpus is "nameK is here .".
   pipe.config.sample.predicted_length = True
@@ -260,6 +262,33 @@ def test_source_coverage_copies_the_source_more_often_in_generation_and_refineme
   assert copied(covered) > copied(plain), (covered, plain)
   drafts = [TARGET.format(NAMES[(i + 1) % 30]) for i in range(30)]  # Wrong names: refinement applies it too.
   assert copied(pipe.refine(drafts, NAMES, 1.0, steps=20)) > copied(plain), drafts
+
+
+def test_complete_keeps_each_draft_and_writes_the_source_word_it_lacks_after_it(workdirs):
+  import diffusion_lm
+  from diffusion_lm import control
+  from diffusion_lm.diffusion_pipeline import missing_source_words
+  # Source "5 7 4" (4 a comma): word 7 is expected (count 0.6) and not in the draft; 5 is in it.
+  counts_V, words_V = np.array([0, 0, 0, 0, 0.9, 0.8, 0, 0.6, 0.0]), np.array([0, 0, 0, 0, 0, 1, 1, 1, 1], bool)
+  np.testing.assert_array_equal(missing_source_words(np.array([5, 7, 4, 8]), np.array([5, 6]), counts_V, words_V,
+                                                     0.5), [7])  # 8 is a word of the source the model does not expect.
+  assert missing_source_words(np.array([5, 7, 4]), np.array([5, 6]), counts_V, words_V, 0.7).size == 0
+  pipe = diffusion_lm.load(workdirs["conditional"])
+  # Strong: after "is here ." this model has only ever seen the end, so the missing name must outbid ".".
+  pipe.config.sample.source_coverage = 20.0
+  short = ["is here ."] * len(NAMES)  # Each draft drops the name, the source's one word.
+  # This tiny model spreads its t = 1 guess over the names (count < 0.5 for the right one): nothing to add.
+  assert pipe.complete(short, NAMES, steps=20) == short
+  completed = pipe.complete(short, NAMES, steps=20, min_count=0.0)  # Any source word the draft lacks.
+  assert all(output.startswith("is here . ") and len(output.split()) == 4 for output in completed), completed
+  # The predicted length (4) leaves one free position, and the coverage prior puts the name there.
+  assert sum(output.split()[-1] == name for name, output in zip(NAMES, completed)) >= 20, completed
+  full = [TARGET.format(name) for name in NAMES[:4]]
+  wrong = [TARGET.format(name) for name in NAMES[1:5]]  # The name is wrong but there is no room left to add one.
+  assert pipe.complete(full + wrong + ["name3 is here"], NAMES[:4] * 2 + ["name3"], steps=20, min_count=0.0) == (
+      full + wrong + ["name3 is here"])  # Nothing missing, or no room: the drafts come back as they were.
+  with pytest.raises(control.ControlError, match="one draft per source"):
+    pipe.complete(["is here ."], NAMES[:2])
 
 
 def test_source_guidance_needs_source_dropout(workdirs):
@@ -337,7 +366,13 @@ def test_eval_binary_scores_the_target_given_the_source(workdirs):
                                          source_coverage=4.0)
   assert covered["settings"]["report_name"] == "generate_test_coverage4" and covered["bleu"] > 50, covered
   assert covered["settings"]["source_coverage"] == 4.0
+  completed = evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, max_sources=16, write=False,
+                                           draft_workdir=workdirs["ar"], complete=True)
+  assert completed["settings"]["report_name"] == "generate_test_complete" and completed["bleu"] > 50, completed
+  assert completed["settings"]["complete"]
   from diffusion_lm.errors import UserError
+  with pytest.raises(UserError, match="--complete extends AR drafts"):
+    evaluate.evaluate_generation(workdirs["conditional"], "test", write=False, complete=True)
   with pytest.raises(UserError, match="source_dropout"):  # Refused before any sampling.
     evaluate.evaluate_generation(workdirs["conditional"], "test", steps=20, write=False, source_guidance=1.0)
   with pytest.raises(UserError, match="does not apply to AR drafts or an autoregressive"):
@@ -457,6 +492,11 @@ def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpu
   result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
                       f"--draft_workdir={workdirs['ar']}", "--strength=0.5", "--steps=10")
   assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
+                      f"--draft_workdir={workdirs['ar']}", "--complete", "--steps=10")
+  assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1", "--complete")
+  assert_one_line_error(result, "--complete extends AR drafts", "--draft_workdir")
   other = str(tmp_path / "other_ar")  # Another vocabulary: another tokenizer.
   from diffusion_lm.train import train
   train(copy_config(copy_corpus, "autoregressive", True, steps=2, **{"data.vocab_size": 20}), other)
