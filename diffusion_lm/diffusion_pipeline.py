@@ -122,6 +122,9 @@ class Pipeline:
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
            bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance,
            float(self.config.sample.model_time_floor), float(self.config.sample.source_coverage))
+    if self.config.sample.source_coverage and self.config.model.parameterization != "categorical":
+      raise control.ControlError("sample.source_coverage moves the denoiser's logits, and x̂0 follows them only "
+                                 "in a categorical model; this one predicts x̂0 directly (leave it 0)")
     if key not in self._compiled:
       # The control inputs are traced arguments: new anchors, drafts or targets reuse the compilation.
       # Weights and the time-warp table are arguments too: the train loop swaps in new ones.

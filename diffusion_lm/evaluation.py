@@ -251,7 +251,7 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   if draft_workdir:
     if (strength is not None or complete) and not hasattr(pipe, "refine"):
       raise UserError(f"--{'strength' if strength is not None else 'complete'} revises drafts with a diffusion "
-                      f"model; {workdir} holds a {config.model.kind} model")
+                      f"model; {workdir} holds a model of kind {config.model.kind}")
     drafter = load_drafter(workdir, draft_workdir)
     outputs = drafter.generate(sources, seed=seed)
     if strength is not None:

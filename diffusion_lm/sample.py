@@ -70,7 +70,7 @@ def main(argv):
     if FLAGS.draft_workdir:
       if (FLAGS.strength is not None or FLAGS.complete) and not isinstance(pipe, pipeline.Pipeline):
         raise UserError(f"--draft_workdir with --{'complete' if FLAGS.complete else 'strength'} revises drafts "
-                        f"with a diffusion model; --workdir holds a {pipe.config.model.kind} model")
+                        f"with a diffusion model; --workdir holds a model of kind {pipe.config.model.kind}")
       drafter = evaluation.load_drafter(FLAGS.workdir, FLAGS.draft_workdir)
       lines = drafter.generate([s for s in sources for _ in range(per_source)], seed=FLAGS.seed, **ar_options)
       if FLAGS.strength is not None:

@@ -248,6 +248,7 @@ def test_source_coverage_nudges_source_words_in_and_penalises_their_repeats():
 
 def test_source_coverage_copies_the_source_more_often_in_generation_and_refinement(workdirs):
   import diffusion_lm
+  from diffusion_lm import control
   pipe = diffusion_lm.load(workdirs["conditional"])
   words = pipe.tokenizer.word_mask()
   assert not words[[layout.PAD_ID, layout.EOS_ID, layout.BOS_ID, layout.UNK_ID]].any()
@@ -262,6 +263,9 @@ def test_source_coverage_copies_the_source_more_often_in_generation_and_refineme
   assert copied(covered) > copied(plain), (covered, plain)
   drafts = [TARGET.format(NAMES[(i + 1) % 30]) for i in range(30)]  # Wrong names: refinement applies it too.
   assert copied(pipe.refine(drafts, NAMES, 1.0, steps=20)) > copied(plain), drafts
+  pipe.config.model.parameterization = "direct"  # Set after loading: the check reads the config, as the binaries do.
+  with pytest.raises(control.ControlError, match="only in a categorical model"):
+    pipe.generate(NAMES[:2], steps=20)
 
 
 def test_complete_keeps_each_draft_and_writes_the_source_word_it_lacks_after_it(workdirs):
