@@ -46,7 +46,8 @@ class Trajectory(NamedTuple):
 
 GENERATE_BATCH_SIZE = 64  # Sources per sampler call in `generate` / `refine`: one compilation for any count.
 # `complete` extends a draft that lacks a source word the model expects this many times or more in
-# the target (its count at t = 1). At 0.5 a fifth of the E2E drafts of the AR twin qualify (BENCHMARKS.md).
+# the target (its count at t = 1). At 0.5, 368 of the AR twin's 630 E2E test drafts lack one and
+# the 209 with room are extended; slot errors 20.5 → 17.7 % (BENCHMARKS.md, "Data-to-text").
 MISSING_WORD_COUNT = 0.5
 
 
@@ -369,8 +370,8 @@ class Pipeline:
                min_count: float = MISSING_WORD_COUNT) -> list[str]:
     """Keeps each draft word for word and writes after it what it leaves out of its source.
 
-    The hybrid pipeline's other half: an AR draft is fluent but drops MR values; rewriting it
-    (`refine`) loses as many as it adds. Here the model reads, from one pass at t = 1, which words
+    The hybrid pipeline's other half: an AR draft is fluent but drops MR values, and rewriting it
+    (`refine`) breaks about as much as it fixes (BENCHMARKS.md). Here the model reads, from one pass at t = 1, which words
     of the source its target should hold (`expected_counts` ≥ `min_count`). A draft that
     lacks one of them and is shorter than the model's predicted length is pinned as the target's
     prefix, and the positions after it, up to that length, are sampled from noise (`steps`, with
