@@ -371,12 +371,13 @@ class Pipeline:
     """Keeps each draft word for word and writes after it what it leaves out of its source.
 
     The hybrid pipeline's other half: an AR draft is fluent but drops MR values, and rewriting it
-    (`refine`) breaks about as much as it fixes (BENCHMARKS.md). Here the model reads, from one pass at t = 1, which words
-    of the source its target should hold (`expected_counts` ≥ `min_count`). A draft that
-    lacks one of them and is shorter than the model's predicted length is pinned as the target's
-    prefix, and the positions after it, up to that length, are sampled from noise (`steps`, with
-    the sampler's settings: `sample.source_coverage` nudges the missing words in). Other drafts
-    come back unchanged. A draft longer than the room after its source is cut, as in `refine`.
+    (`refine`) breaks about as much as it fixes (BENCHMARKS.md). Here the model reads, from one
+    pass at t = 1, which words of the source its target should hold (`expected_counts` ≥
+    `min_count`). A draft that lacks one of them and is shorter than the model's predicted length
+    is pinned as the target's prefix, and the positions after it, up to that length, are sampled
+    from noise (`steps`, with the sampler's settings: `sample.source_coverage` nudges the missing
+    words in). Other drafts come back unchanged. A draft longer than the room after its source is
+    cut, as in `refine`.
 
     Example:
       >>> drafts = ar_pipe.generate(mrs)
