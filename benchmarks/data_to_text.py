@@ -31,7 +31,7 @@ from diffusion_lm import cli, evaluation  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("diffusion_workdir", None, "A conditional diffusion workdir (configs/e2e_cond.py).")
 flags.DEFINE_string("ar_workdir", None, "Its conditional AR twin (configs/e2e_cond_ar.py), same tokenizer.")
-flags.DEFINE_list("steps", ["20", "200"], "Diffusion sampling steps.")
+flags.DEFINE_list("steps", ["20", "500"], "Diffusion sampling steps (500: configs/e2e_cond.py's default).")
 flags.DEFINE_list("strengths", ["0.2", "0.5"], "Refine strengths for the AR drafts.")
 flags.DEFINE_integer("refine_steps", 200, "Steps of a full-strength refine (a strength s runs s × this).")
 flags.DEFINE_integer("max_sources", 0, "Only the first N test MRs (0 = all 630).")
