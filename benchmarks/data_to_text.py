@@ -68,6 +68,7 @@ def main(argv):
   cli.enable_compilation_cache()
   rows, sources = [], FLAGS.max_sources
   diffusion, ar = FLAGS.diffusion_workdir, FLAGS.ar_workdir
+  coverage = f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""
   generate = lambda workdir, **kwargs: lambda n: evaluation.evaluate_generation(
       workdir, "test", max_sources=n, write=False, **kwargs)
   for steps in map(int, FLAGS.steps if "diffusion" in FLAGS.sections else []):
@@ -79,7 +80,7 @@ def main(argv):
                                                                   if FLAGS.source_guidance else "")
                + (f", floor {FLAGS.model_time_floor:g}" if FLAGS.model_time_floor is not None else "")
                + {True: ", predicted length", False: ", free length"}.get(FLAGS.predicted_length, "")
-               + (f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""))
+               + coverage)
     rows.append(row(f"diffusion, {steps} steps{options}", run(sources)))
   if "ar" in FLAGS.sections:
     run = generate(diffusion, draft_workdir=ar)
@@ -89,14 +90,12 @@ def main(argv):
     run = generate(diffusion, draft_workdir=ar, strength=strength, steps=FLAGS.refine_steps,
                    source_coverage=FLAGS.source_coverage)
     warm(run)
-    coverage = f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""
     rows.append(row(f"AR draft + refine s={strength} ({round(strength * FLAGS.refine_steps)} steps){coverage}",
                     run(sources)))
   for steps in map(int, FLAGS.steps if "complete" in FLAGS.sections else []):
     run = generate(diffusion, draft_workdir=ar, complete=True, steps=steps, model_time_floor=FLAGS.model_time_floor,
                    source_coverage=FLAGS.source_coverage)
     warm(run)
-    coverage = f", coverage {FLAGS.source_coverage:g}" if FLAGS.source_coverage is not None else ""
     rows.append(row(f"AR draft + diffusion completion ({steps} steps){coverage}", run(sources)))
   likelihood = {}
   for name, workdir in (("diffusion", diffusion), ("ar", ar)) if "likelihood" in FLAGS.sections else ():

@@ -383,6 +383,10 @@ class Pipeline:
       >>> drafts = ar_pipe.generate(mrs)
       >>> pipe.complete(drafts, mrs, steps=20)
     """
+    control.check_sampling_args(1, steps)  # Checked here: with nothing to add, no sampler would check it.
+    if not isinstance(min_count, (int, float)) or not 0 <= min_count < np.inf:
+      raise control.ControlError(f"min_count must be a number >= 0 (an expected count; 0 = any source word the "
+                                 f"draft lacks), not {min_count!r}")
     plans, draft_rows = self._draft_rows(drafts, sources, "complete(list of drafts, list of sources)")
     counts_NV = self._expected_counts(plans, seed)
     words_V = self.tokenizer.word_mask(counts_NV.shape[1])

@@ -217,6 +217,9 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
     raise UserError("--max_sequences must be >= 0")
   if mbr is not None and mbr < 1:
     raise UserError(f"--mbr={mbr}: give the number of candidates per source, >= 1")
+  if complete and (not draft_workdir or strength is not None):
+    raise UserError("--complete extends AR drafts: give --draft_workdir=AR_WORKDIR, and no --strength (that "
+                    "rewrites the drafts instead)")
   pipe = pipeline.load(workdir)
   config = pipe.config
   overrides = {name: value for name, value in (("sample.model_time_floor", model_time_floor),
@@ -233,9 +236,6 @@ def evaluate_generation(workdir: str, split: str = "test", steps: int | None = N
   sources = list(groups)[:max_sources or None]
   references = [groups[source] for source in sources]
   started = time.perf_counter()
-  if complete and (not draft_workdir or strength is not None):
-    raise UserError("--complete extends AR drafts: give --draft_workdir=AR_WORKDIR, and no --strength (that "
-                    "rewrites the drafts instead)")
   name = (f"generate_{split}" + (f"_refine{strength}" if draft_workdir and strength is not None else
                                  "_complete" if complete else "_drafts" if draft_workdir else "")
           + (f"_guided{source_guidance:g}" if source_guidance else "") + (f"_mbr{mbr}" if mbr else "")

@@ -45,6 +45,8 @@ def main(argv):
   if FLAGS.complete and (not FLAGS.draft_workdir or FLAGS.strength is not None):
     raise UserError("--complete extends AR drafts: give --draft_workdir=AR_WORKDIR, and no --strength (that "
                     "rewrites the drafts instead)")
+  if FLAGS.complete and FLAGS.mbr:
+    raise UserError("--mbr picks among whole samples; --complete keeps each draft and adds to it (drop --mbr)")
   if FLAGS.source_guidance and (sources is None or FLAGS.draft_workdir):
     raise UserError("--source_guidance steers a conditional model's targets towards their sources: give --source or "
                     "--source_file, without --draft_workdir")

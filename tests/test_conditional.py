@@ -293,6 +293,10 @@ def test_complete_keeps_each_draft_and_writes_the_source_word_it_lacks_after_it(
       full + wrong + ["name3 is here"])  # Nothing missing, or no room: the drafts come back as they were.
   with pytest.raises(control.ControlError, match="one draft per source"):
     pipe.complete(["is here ."], NAMES[:2])
+  with pytest.raises(control.ControlError, match="min_count must be a number >= 0"):
+    pipe.complete(full, NAMES[:4], min_count=-1.0)
+  with pytest.raises(control.ControlError, match="--steps must be >= 1"):
+    pipe.complete(full, NAMES[:4], steps=0)  # Refused even where nothing would be added.
 
 
 def test_source_guidance_needs_source_dropout(workdirs):
@@ -473,6 +477,10 @@ def test_the_eval_binary_refuses_bad_generation_options(workdirs):
   assert_one_line_error(result, "--source_coverage applies to --generate")
   result = run_binary("evaluate", f"--workdir={workdirs['ar']}", "--generate", "--source_coverage=1")
   assert_one_line_error(result, "source_coverage steers a conditional continuous diffusion model")
+  result = run_binary("evaluate", f"--workdir={workdirs['conditional']}", "--complete")
+  assert_one_line_error(result, "--complete applies to --generate")
+  result = run_binary("evaluate", f"--workdir={workdirs['conditional']}", "--generate", "--complete")
+  assert_one_line_error(result, "--complete extends AR drafts", "--draft_workdir")
 
 
 def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpus, workdirs, tmp_path):
@@ -501,6 +509,9 @@ def test_the_sample_binary_generates_for_sources_and_refuses_bad_ones(copy_corpu
   assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
   result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1", "--complete")
   assert_one_line_error(result, "--complete extends AR drafts", "--draft_workdir")
+  result = run_binary("sample", f"--workdir={workdirs['conditional']}", "--source=name1",
+                      f"--draft_workdir={workdirs['ar']}", "--complete", "--mbr=3")
+  assert_one_line_error(result, "--mbr picks among whole samples")
   other = str(tmp_path / "other_ar")  # Another vocabulary: another tokenizer.
   from diffusion_lm.train import train
   train(copy_config(copy_corpus, "autoregressive", True, steps=2, **{"data.vocab_size": 20}), other)
