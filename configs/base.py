@@ -107,9 +107,6 @@ def get_config() -> ml_collections.ConfigDict:
   #                               (b/8 for a word some position already holds) and takes 5 off a source word chosen
   #                               at a more confident position (each MR value said once: the parallel decoder repeats
   #                               some and drops others).
-  sample.commit_until = 0.0  # c in (0, 1): commit positions to their argmax for good, most confident first, all of
-  #                            them by t = c (masked diffusion's order on the continuous chain); 0 = never
-  #                            (sampling from noise only: edits and refinements keep every position free).
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).
 

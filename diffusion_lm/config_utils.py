@@ -47,7 +47,7 @@ RANGES = (
     ("train.eval_batches", 1, None), ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.num_samples", 0, None), ("sample.steps", 1, None), ("sample.temperature", 1e-3, None),
     ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99), ("sample.model_time_floor", 0.0, 1.0),
-    ("mesh.cpu_devices", 1, None), ("sample.source_coverage", 0.0, None), ("sample.commit_until", 0.0, 0.99),
+    ("mesh.cpu_devices", 1, None), ("sample.source_coverage", 0.0, None),
 )
 
 # Fields that fix the shapes of the parameters: a checkpoint only restores if they agree.
@@ -120,10 +120,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.time_conditioning != "input" and config.model.kind != "diffusion":
     raise ConfigError(f"--config.model.time_conditioning={config.model.time_conditioning} is for the diffusion "
                       f"denoiser; the {config.model.kind} kind does not use it (leave it at input)")
-  for name in ("model_time_floor", "commit_until"):
-    if config.sample.get(name) and config.model.kind != "diffusion":
-      raise ConfigError(f"--config.sample.{name} is the continuous diffusion sampler's; the "
-                        f"{config.model.kind} kind does not use it (leave it at 0)")
+  if config.sample.get("model_time_floor") and config.model.kind != "diffusion":
+    raise ConfigError(f"--config.sample.model_time_floor is the continuous diffusion sampler's; the "
+                      f"{config.model.kind} kind does not use it (leave it at 0)")
   if config.sample.get("predicted_length") and not (config.data.conditional and config.model.kind == "diffusion"):
     raise ConfigError("--config.sample.predicted_length reads a target's length off a conditional continuous "
                       "diffusion model's source; this config is not one (leave it False)")

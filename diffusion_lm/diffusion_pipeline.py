@@ -122,8 +122,7 @@ class Pipeline:
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
            bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance,
-           float(self.config.sample.model_time_floor), float(self.config.sample.source_coverage),
-           float(self.config.sample.commit_until))
+           float(self.config.sample.model_time_floor), float(self.config.sample.source_coverage))
     if self.config.sample.source_coverage and self.config.model.parameterization != "categorical":
       raise control.ControlError("sample.source_coverage moves the denoiser's logits, and x̂0 follows them only "
                                  "in a categorical model; this one predicts x̂0 directly (leave it 0)")
@@ -147,7 +146,6 @@ class Pipeline:
                                   draw_tokens=self.config.sample.draw_tokens,
                                   # Edits and refinements start from a draft, whose noise level is the point.
                                   model_time_floor=self.config.sample.model_time_floor if start_noisy is None else 0.0,
-                                  commit_until=self.config.sample.commit_until if start_noisy is None else 0.0,
                                   time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,
                                   start_noisy_BLD=start_noisy, start_time=start_time, guidance=guidance,
                                   return_trajectory=trajectory)

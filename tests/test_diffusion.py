@@ -166,44 +166,6 @@ def test_draw_tokens_feeds_embedding_rows_not_the_mean(draw_tokens):
     np.testing.assert_allclose(probs[..., 1], probs[..., 2], atol=1e-6)
 
 
-def test_commit_step_commits_the_most_confident_free_positions_and_keeps_committed_tokens():
-  logits = jnp.log(jnp.array([[[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]]))  # Confidence .9 .8 .6 .7.
-  committed, tokens = samplers.commit_step(logits, jnp.zeros((1, 4), bool), jnp.zeros((1, 4), jnp.int32),
-                                           jnp.array([2]))
-  np.testing.assert_array_equal(committed, [[True, True, False, False]])
-  np.testing.assert_array_equal(tokens[committed], [0, 1])
-  # Position 2 committed earlier to token 1 stays so, and counts: one more (the next most confident) joins it.
-  committed, tokens = samplers.commit_step(logits, jnp.array([[False, False, True, False]]), jnp.array([[0, 0, 1, 0]]),
-                                           jnp.array([2]))
-  np.testing.assert_array_equal(committed, [[True, False, True, False]])
-  np.testing.assert_array_equal(tokens[committed], [0, 1])
-  # A banned token is never committed, however sure the model is of it.
-  banned = jnp.zeros((1, 4, 2), bool).at[0, 0, 0].set(True)
-  _, tokens = samplers.commit_step(logits, jnp.zeros((1, 4), bool), jnp.zeros((1, 4), jnp.int32), jnp.array([4]), banned)
-  assert int(tokens[0, 0]) == 1
-  np.testing.assert_array_equal(samplers.commit_counts(jnp.asarray(0.75), 0.5, jnp.array([0, 2]), 6), [3, 4])
-  np.testing.assert_array_equal(samplers.commit_counts(jnp.asarray(0.4), 0.5, jnp.array([0, 2]), 6), [6, 6])
-
-
-def test_committed_tokens_are_final_and_commit_until_zero_is_the_plain_sampler():
-  # Every position prefers token 1 while t > 0.5 and token 2 below: the plain sampler ends on 2; committing all
-  # positions by t = 0.5 keeps what the chain chose at high noise, and anchors stay as given.
-  embedding = jnp.eye(4)
-  def denoise(noisy, t, self_cond=None):
-    prefer_BV = jnp.where(t[:, None] > 0.5, jnp.array([0.0, 1.0, 0.0, 0.0]), jnp.array([0.0, 0.0, 1.0, 0.0]))
-    logits = 5.0 * prefer_BV[:, None, :] * jnp.arange(1, 7)[None, :, None] / 6
-    return logits, jax.nn.softmax(logits) @ embedding
-  fns = DenoiserFns(embed=lambda tokens: embedding[tokens], denoise=denoise, round_logits=None,
-                    embedding_table=embedding, categorical=True)
-  anchors = samplers.Anchors(tokens=jnp.array([[3, 0, 0, 0, 0, 0]] * 2), mask=jnp.array([[1, 0, 0, 0, 0, 0]] * 2, bool))
-  run = lambda **kw: samplers.sample(fns, jax.random.key(1), (2, 6), 4, schedules.get_schedule("sqrt"),
-                                     sampler="renoise", anchors=anchors, **kw)
-  plain = np.asarray(run())
-  np.testing.assert_array_equal(plain, [[3, 2, 2, 2, 2, 2]] * 2)
-  np.testing.assert_array_equal(run(commit_until=0.0), plain)
-  np.testing.assert_array_equal(run(commit_until=0.5), [[3, 1, 1, 1, 1, 1]] * 2)
-
-
 def test_output_prior_is_the_exact_single_token_posterior():
   """softmax of the prior logits = p(w | z) ∝ N(z; α E[w], σ² I) for one position, uniform p(w)."""
   from diffusion_lm.models.denoiser import output_prior_logits

@@ -313,8 +313,6 @@ def test_adaln_zero_is_refused_for_kinds_that_do_not_use_it():
     ({"model.positions": "rotary", "model.d_model": 30, "model.num_heads": 2}, "d_model / num_heads must be even"),
     ({"model.kind": "masked", "sample.model_time_floor": 0.8}, "model_time_floor is the continuous diffusion"),
     ({"sample.model_time_floor": 1.5}, "model_time_floor"),
-    ({"model.kind": "autoregressive", "sample.commit_until": 0.3}, "commit_until is the continuous diffusion"),
-    ({"sample.commit_until": 1.0}, "commit_until=1.0 is out of range"),
 ])
 def test_schedule_and_position_settings_are_refused_where_they_do_not_apply(overrides, message):
   from diffusion_lm import config_utils

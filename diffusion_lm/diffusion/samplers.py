@@ -1,8 +1,7 @@
 """Samplers: the whole reverse process as one `lax.scan` over a time grid 1 = t_K > … > t_0 = 0.
 
 Per step: x̂0 = f(z_t, t, x̂0_prev); optionally clamp x̂0 to its nearest embedding row
-(Diffusion-LM's clamping trick); optionally commit the most confident positions to their argmax for
-good (`commit_until`); re-impose anchored and committed tokens (x̂0 = E[w] where known); then step
+(Diffusion-LM's clamping trick); re-impose anchored tokens (x̂0 = E[w] where known); then step
 z_t → z_s, either ancestrally, z_s ~ q(z_s | z_t, x̂0), or with the deterministic DDIM update.
 Final tokens are the argmax of the logits at t = 0.
 
@@ -73,33 +72,6 @@ def renoise_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
 STEPS = {"ancestral": ancestral_step, "ddim": ddim_step, "renoise": renoise_step}
 
 
-def commit_counts(s: jax.Array, commit_until: float, fixed_B: jax.Array, length: int) -> jax.Array:
-  """[B] positions that are committed once the chain reaches time s: the fixed ones (anchors) plus a share
-  (1 − s) / (1 − commit_until) of the rest, all of them from s ≤ commit_until on (ceil: at least one a step)."""
-  share = jnp.clip((1.0 - s) / (1.0 - commit_until), 0.0, 1.0)
-  return fixed_B + jnp.ceil(share * (length - fixed_B)).astype(jnp.int32)
-
-
-def commit_step(logits_BLV: jax.Array, committed_BL: jax.Array, tokens_BL: jax.Array, count_B: jax.Array,
-                banned_BLV: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Commits the most confident free positions to their argmax until `count_B` are committed.
-
-  Committed positions keep their token for good (as masked diffusion's unmasked ones do); confidence is
-  the largest softmax probability. Returns the new (committed_BL, tokens_BL).
-
-  Example:
-    >>> committed, tokens = commit_step(logits, jnp.zeros((2, 6), bool), jnp.zeros((2, 6), int), jnp.array([1, 3]))
-  """
-  logits_BLV = logits_BLV.astype(jnp.float32)
-  if banned_BLV is not None:
-    logits_BLV = jnp.where(banned_BLV, -jnp.inf, logits_BLV)
-  confidence_BL = jnp.max(logits_BLV, -1) - jax.nn.logsumexp(logits_BLV, -1)
-  confidence_BL = jnp.where(committed_BL, jnp.inf, confidence_BL)  # Committed stay first in line.
-  rank_BL = jnp.argsort(jnp.argsort(-confidence_BL, axis=-1, stable=True), axis=-1, stable=True)
-  new_committed_BL = committed_BL | (rank_BL < count_B[:, None])
-  return new_committed_BL, jnp.where(committed_BL, tokens_BL, jnp.argmax(logits_BLV, -1))
-
-
 def time_grid(num_steps: int, start_time: float = 1.0, time_warp_table: jax.Array | None = None) -> jax.Array:
   """t_K = start_time > … > t_0 = 0, K = num_steps: uniform, or warped by the training loss profile."""
   if time_warp_table is None:
@@ -121,7 +93,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
            anchors: Anchors | None = None, start_noisy_BLD: jax.Array | None = None,
            start_time: float = 1.0, return_trajectory: bool = False, guidance=None,
            temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False,
-           model_time_floor: float = 0.0, commit_until: float = 0.0):
+           model_time_floor: float = 0.0):
   """Runs the reverse process and returns token ids [B, L] (and, optionally, the per-step logits).
 
   `start_noisy_BLD` with `start_time` < 1 starts mid-way (editing: z = α x_draft + σ ε).
@@ -134,10 +106,6 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
   `model_time_floor` c > 0 tells the network the noise level max(t, c) while z_t follows the grid
   (DINOISER's condition-enhanced denoiser: a conditional model told it sees more noise leans on
   its source); c = 0 is the plain sampler.
-  `commit_until` c in (0, 1) commits positions for good, most confident first, so that a share
-  (1 − s) / (1 − c) of the free positions is committed when the chain reaches s and all of them at
-  s ≤ c (MaskGIT's and masked diffusion's order on a continuous chain: the renoise chain otherwise
-  re-draws a fixed share of its tokens at every step); 0 commits nothing.
   """
   if sampler not in STEPS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(STEPS)}")
@@ -159,11 +127,8 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
 
   grid = time_grid(num_steps, start_time, time_warp_table)
 
-  fixed_BL = jnp.zeros(shape, bool) if anchors is None else jnp.asarray(anchors.mask, bool)
-  fixed_tokens_BL = jnp.zeros(shape, jnp.int32) if anchors is None else jnp.asarray(anchors.tokens, jnp.int32)
-
   def body(carry, inputs):
-    noisy_BLD, previous_x0_BLD, committed_BL, committed_tokens_BL = carry
+    noisy_BLD, previous_x0_BLD = carry
     t, s, step_rng = inputs
     t_B = jnp.full((batch_size,), t)
     logits_BLV, x0_BLD = fns.denoise(noisy_BLD, t_B, previous_x0_BLD if fns.self_conditioning else None)
@@ -177,26 +142,22 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
       x0_BLD = embedding_VD[jax.random.categorical(draw_rng, draw_logits_BLV, axis=-1)]
     if clamp:
       x0_BLD = clamp_to_embeddings(x0_BLD, embedding_VD, banned_BLV)
-    if commit_until > 0:
-      count_B = commit_counts(s, commit_until, jnp.sum(fixed_BL, -1), length)
-      committed_BL, committed_tokens_BL = commit_step(logits_BLV, committed_BL, committed_tokens_BL, count_B, banned_BLV)
-      x0_BLD = jnp.where(committed_BL[..., None], embedding_VD[committed_tokens_BL], x0_BLD)
     x0_BLD = impose_anchors(x0_BLD)
     if guidance is None:
       noisy_BLD = step_fn(noisy_BLD, x0_BLD, log_snr_fn(t), log_snr_fn(s), step_rng)
     else:  # Adagrad on z_s for λ·log p(z_s | z_t) + log p(c | z_s), then the step's noise.
       noisy_BLD = guidance.step(step_fn, noisy_BLD, x0_BLD, log_snr_fn(t), log_snr_fn(s), s, step_rng)
-    return (noisy_BLD, x0_BLD, committed_BL, committed_tokens_BL), (logits_BLV if return_trajectory else None)
+    return (noisy_BLD, x0_BLD), (logits_BLV if return_trajectory else None)
 
   step_rngs = jax.random.split(scan_rng, num_steps)
   initial_x0 = jnp.zeros_like(start_noisy_BLD)
-  (final_noisy_BLD, final_x0_BLD, committed_BL, committed_tokens_BL), trajectory = jax.lax.scan(
-      body, (start_noisy_BLD, initial_x0, fixed_BL, fixed_tokens_BL), (grid[:-1], grid[1:], step_rngs))
+  (final_noisy_BLD, final_x0_BLD), trajectory = jax.lax.scan(
+      body, (start_noisy_BLD, initial_x0), (grid[:-1], grid[1:], step_rngs))
   final_logits_BLV, _ = fns.denoise(final_noisy_BLD, jnp.zeros((batch_size,)),
                                     final_x0_BLD if fns.self_conditioning else None)
   if banned_BLV is not None:
     final_logits_BLV = jnp.where(banned_BLV, -jnp.inf, final_logits_BLV)
-  tokens_BL = jnp.where(committed_BL, committed_tokens_BL, jnp.argmax(final_logits_BLV, axis=-1))
+  tokens_BL = jnp.argmax(final_logits_BLV, axis=-1)
   if anchors is not None:
     tokens_BL = jnp.where(anchors.mask, anchors.tokens, tokens_BL)
   if return_trajectory:
