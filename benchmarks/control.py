@@ -43,7 +43,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusion_lm import control, pipeline, scoring, text_metrics, workdir as workdir_lib  # noqa: E402
+from diffusion_lm import cli, control, pipeline, scoring, text_metrics, workdir as workdir_lib  # noqa: E402
 from diffusion_lm.data import datasets  # noqa: E402
 from diffusion_lm.diffusion import guidance as guidance_lib  # noqa: E402
 from diffusion_lm.semantic_classifier import SemanticClassifier, e2e_pairs, parse_mr  # noqa: E402
@@ -273,4 +273,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

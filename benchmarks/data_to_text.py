@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -110,4 +110,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["diffusion_workdir", "ar_workdir"])
-  app.run(main)
+  cli.run(main)

@@ -25,6 +25,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base, e2e_ar  # noqa: E402
+from diffusion_lm import cli  # noqa: E402
 from diffusion_lm.config_utils import apply_overrides  # noqa: E402
 
 # name → (config overrides on configs/base.py, description). Order = the table's order.
@@ -182,4 +183,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

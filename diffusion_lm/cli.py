@@ -12,6 +12,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
+from diffusion_lm import parallel
 from diffusion_lm.errors import CheckpointWriteError, TrainingDivergedError, UserError
 
 # Compiled XLA programs are kept here across runs, so a second `sample` or `evaluate` of the same
@@ -62,6 +63,7 @@ def enable_compilation_cache() -> str | None:
 def run(main) -> None:
   """`app.run(main)`, printing bad-input errors as `error: <message>` and exiting with 2."""
   def guarded_main(argv):
+    parallel.keep_freed_host_memory()  # Before jax's threads: XLA's CPU buffers are reused, not re-faulted.
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and tfds are chatty at INFO.
     enable_compilation_cache()
