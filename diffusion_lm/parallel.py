@@ -408,9 +408,9 @@ def keep_freed_host_memory() -> bool:
 
   XLA's CPU client allocates each execution's temporary buffer (~100 MB per device for the default
   E2E train step) with posix_memalign. glibc serves requests that large with a fresh mmap and
-  unmaps them on free, so every step faulted ~200 MB of zeroed pages back in: a fifth of the
-  training's CPU time went to the kernel. One malloc arena, no mmap and no trimming keep freed
-  blocks in the heap: 1.3-1.5× the steps per second on a 2-core CPU, the same numbers
+  unmaps them on free, so every step faulted ~200 MB of zeroed pages back in: nearly a quarter of
+  the training's CPU time went to the kernel. One malloc arena, no mmap and no trimming keep freed
+  blocks in the heap: 1.3-1.4× the train steps per second on a 2-core CPU, the same numbers
   (BENCHMARKS.md, "Training throughput"). The heap then never shrinks below its peak. The binaries
   call it first thing, before jax starts its threads; returns False where the C library has no
   glibc mallopt (macOS, musl), which changes nothing.
