@@ -59,10 +59,11 @@ def test_recipe_matches_golden(name, tmp_path):
   # Bit-for-bit on the machine that recorded them, and within 1e-5 on another CPU, whose XLA kernels round
   # differently (~1e-6) — except where time warping amplifies that: on an Intel Xeon against the recording,
   # the CDCD recipe's first five losses agree to 1e-5, then drift up to 1.5 % by step 20 (5e-4 on the
-  # validation loss and the bound) and the drifted model samples other text. Only that recipe, and only
-  # when it has drifted, is held to what drift explains; `python tests/test_golden.py --check` compares all.
+  # validation loss and the bound) and the drifted model samples other text; on another AMD EPYC the fifth
+  # loss is already 1.1e-5 off. Only that recipe, and only when it has drifted, is held to what drift
+  # explains; `python tests/test_golden.py --check` compares all.
   drifted = name in AMPLIFIES_ROUNDING and got["losses"] != expected["losses"]
-  np.testing.assert_allclose(got["losses"][:5], expected["losses"][:5], rtol=1e-5)
+  np.testing.assert_allclose(got["losses"][:5], expected["losses"][:5], rtol=1e-4 if drifted else 1e-5)
   np.testing.assert_allclose(got["losses"], expected["losses"], rtol=3e-2 if drifted else 1e-5)
   for key in ("validation_loss", "nll_nats_per_token"):
     np.testing.assert_allclose(got[key], expected[key], rtol=5e-3 if drifted else 1e-5)
