@@ -1,4 +1,4 @@
-"""The fast path's correctness: KV-cached decoding, bf16 compute, remat, and the FLOP counter.
+"""The fast path's correctness: KV-cached decoding, the fast argmax, bf16 compute, remat, and the FLOP counter.
 
 No timing assertions here; the figures live in BENCHMARKS.md (benchmarks/train_throughput.py,
 benchmarks/sampling_speed.py).
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from diffusion_lm import decoding, flops, kinds, parallel, train_state, trainer
+from diffusion_lm import decoding, flops, kinds, numerics, parallel, train_state, trainer
 from diffusion_lm.data import layout
 
 VOCAB = 40
@@ -106,6 +106,14 @@ def test_cached_decoding_equals_uncached_decoding_token_for_token(ar_model_and_p
 def test_pad_after_eos():
   tokens = jnp.array([[5, 1, 7, 1], [5, 6, 7, 8]])
   np.testing.assert_array_equal(layout.pad_after_eos(tokens), [[5, 1, 0, 0], [5, 6, 7, 8]])
+
+
+def test_first_argmax_equals_argmax_ties_and_infinities_included():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 4, (6, 5, 30)).astype(np.float32)  # Few values: every row has ties.
+  x[0, 0, :] = -np.inf
+  x[1, 1, 3] = np.inf
+  np.testing.assert_array_equal(numerics.first_argmax(jnp.asarray(x)), np.argmax(x, axis=-1))
 
 
 def _dot_operand_dtypes(fn, *args):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from diffusion_lm.diffusion.objectives import low_discrepancy_times
+from diffusion_lm.numerics import first_argmax
 
 LogitsFn = Callable[[jax.Array], jax.Array]  # z [B, L] (MASK = V) → logits [B, L, V]
 MIN_TIME = 1e-3  # t is drawn in [MIN_TIME, 1]: the 1/t weight stays finite (MDLM's eps).
@@ -62,7 +63,7 @@ def masked_loss(logits_fn: LogitsFn, tokens_BL: jax.Array, rng: jax.Array, mask_
   nll_BL = token_nll(logits_BLV, tokens_BL, z_BL, mask_id)
   bound_B = jnp.sum(nll_BL, axis=1) / t_B / length
   masked_BL = z_BL == mask_id
-  correct = jnp.sum((jnp.argmax(logits_BLV, -1) == tokens_BL) & masked_BL) / jnp.maximum(jnp.sum(masked_BL), 1)
+  correct = jnp.sum((first_argmax(logits_BLV) == tokens_BL) & masked_BL) / jnp.maximum(jnp.sum(masked_BL), 1)
   loss = jnp.mean(bound_B)
   return loss, {"loss": loss, "masked_accuracy": correct, "masked_fraction": jnp.mean(masked_BL)}
 

@@ -25,6 +25,7 @@ import optax
 
 from diffusion_lm.diffusion.process import LogSnrFn, alpha_sigma, diffuse
 from diffusion_lm.diffusion.model_fns import DenoiserFns
+from diffusion_lm.numerics import first_argmax
 
 
 def low_discrepancy_times(rng: jax.Array, batch_size: int) -> jax.Array:
@@ -110,7 +111,7 @@ def cdcd_loss(fns: DenoiserFns, tokens_BL: jax.Array, rng: jax.Array,
   logits_BLV, _ = fns.denoise(noisy_BLD, t_B, self_cond_BLD)
   cross_entropy_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL)
   cross_entropy_B = position_mean(cross_entropy_BL, target_BL)
-  correct_BL = jnp.argmax(logits_BLV, -1) == tokens_BL
+  correct_BL = first_argmax(logits_BLV) == tokens_BL
   accuracy = jnp.mean(correct_BL) if target_BL is None else jnp.sum(correct_BL & target_BL) / jnp.maximum(
       jnp.sum(target_BL), 1)
   loss = jnp.mean(cross_entropy_B)

@@ -12,6 +12,7 @@ from diffusion_lm.data.layout import BOS_ID, source_mask
 from diffusion_lm.decoding import AutoregressivePipeline
 from diffusion_lm.kinds.base import ModelKind
 from diffusion_lm.models import autoregressive
+from diffusion_lm.numerics import first_argmax
 
 
 def build_model(config, vocab_size: int) -> autoregressive.AutoregressiveLM:
@@ -36,7 +37,7 @@ def make_loss_fn(model, config):
     nll_BL, counted_BL = autoregressive.token_nll(logits_BLV, tokens_BL, scored_BL=scored_BL)
     num_counted = jnp.maximum(jnp.sum(counted_BL), 1)
     loss = jnp.sum(nll_BL) / num_counted
-    correct_BL = (jnp.argmax(logits_BLV, -1) == tokens_BL) & counted_BL
+    correct_BL = (first_argmax(logits_BLV) == tokens_BL) & counted_BL
     return loss, {"loss": loss, "accuracy": jnp.sum(correct_BL) / num_counted}
   return autoregressive_loss
 
