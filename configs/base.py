@@ -109,6 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                               some and drops others).
   sample.draw_tokens = False  # x0 = E[w], w ~ softmax(logits/τ) drawn at every step, instead of
   #                             the mean (a hard choice per position; clamping is then a no-op).
+  sample.renoise_correlation = 0.0  # Renoise sampler: ρ ∈ (-1, 1) correlates each step's new noise with the noise the
+  #                                   network just removed; ρ < 0 overrelaxes (moves further per step); 0: fresh noise.
 
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # Data-parallel axis size; -1 takes the remaining devices.

@@ -47,7 +47,7 @@ RANGES = (
     ("train.eval_batches", 1, None), ("train.checkpoint_every", 1, None), ("train.keep_checkpoints", 1, None),
     ("train.num_samples", 0, None), ("sample.steps", 1, None), ("sample.temperature", 1e-3, None),
     ("diffusion.time_warp_bins", 2, None), ("data.source_dropout", 0.0, 0.99), ("sample.model_time_floor", 0.0, 1.0),
-    ("mesh.cpu_devices", 1, None), ("sample.source_coverage", 0.0, None),
+    ("mesh.cpu_devices", 1, None), ("sample.source_coverage", 0.0, None), ("sample.renoise_correlation", -0.99, 0.99),
 )
 
 # Fields that fix the shapes of the parameters: a checkpoint only restores if they agree.
@@ -76,6 +76,33 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
     for parent in parents:
       section = section[parent]
     section[leaf] = value
+  return config
+
+
+def apply_sample_settings(config: ml_collections.ConfigDict, settings: list[str]) -> ml_collections.ConfigDict:
+  """Sets `config.sample` fields from "FIELD=VALUE" strings (the sample binary's --sample_setting), typed as the
+  field is, and validates the result; raises ConfigError on an unknown field or a bad value.
+
+  Example:
+    >>> apply_sample_settings(config, ["renoise_correlation=-0.6", "draw_tokens=true"])
+  """
+  for setting in settings:
+    field, equals, text = setting.partition("=")
+    if not equals or field not in config.sample:
+      raise ConfigError(f"--sample_setting={setting!r} is not FIELD=VALUE with FIELD one of config.sample's: "
+                        f"{', '.join(sorted(config.sample))}")
+    kind = type(config.sample[field])
+    try:
+      if kind is bool:
+        if text.lower() not in ("true", "false"):
+          raise ValueError(text)
+        value = text.lower() == "true"
+      else:
+        value = kind(text)
+    except ValueError:
+      raise ConfigError(f"--sample_setting={setting!r}: sample.{field} takes a {kind.__name__}, not {text!r}") from None
+    config.sample[field] = value
+  validate(config)
   return config
 
 
@@ -123,6 +150,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.sample.get("model_time_floor") and config.model.kind != "diffusion":
     raise ConfigError(f"--config.sample.model_time_floor is the continuous diffusion sampler's; the "
                       f"{config.model.kind} kind does not use it (leave it at 0)")
+  if config.sample.renoise_correlation and not (config.model.kind == "diffusion" and config.sample.sampler == "renoise"):
+    raise ConfigError("--config.sample.renoise_correlation shapes the renoise sampler's noise; set "
+                      "--config.sample.sampler=renoise (continuous diffusion) or leave it 0")
   if config.sample.get("predicted_length") and not (config.data.conditional and config.model.kind == "diffusion"):
     raise ConfigError("--config.sample.predicted_length reads a target's length off a conditional continuous "
                       "diffusion model's source; this config is not one (leave it False)")

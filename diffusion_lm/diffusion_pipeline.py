@@ -122,7 +122,8 @@ class Pipeline:
     # so `pipe.config.sample.temperature = 0.5` after a first call takes effect.
     key = (num_samples, steps, sampler, clamp, trajectory, float(self.config.sample.temperature),
            bool(self.config.sample.draw_tokens), self._warped_grid(), source_guidance,
-           float(self.config.sample.model_time_floor), float(self.config.sample.source_coverage))
+           float(self.config.sample.model_time_floor), float(self.config.sample.source_coverage),
+           float(self.config.sample.renoise_correlation))
     if self.config.sample.source_coverage and self.config.model.parameterization != "categorical":
       raise control.ControlError("sample.source_coverage moves the denoiser's logits, and x̂0 follows them only "
                                  "in a categorical model; this one predicts x̂0 directly (leave it 0)")
@@ -144,6 +145,7 @@ class Pipeline:
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
                                   draw_tokens=self.config.sample.draw_tokens,
+                                  renoise_correlation=self.config.sample.renoise_correlation,
                                   # Edits and refinements start from a draft, whose noise level is the point.
                                   model_time_floor=self.config.sample.model_time_floor if start_noisy is None else 0.0,
                                   time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,

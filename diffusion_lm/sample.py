@@ -3,6 +3,7 @@
 Example:
   python -m diffusion_lm.sample --workdir=/tmp/e2e --num_samples=8 --steps=200 --seed=0 \
       --output=/tmp/e2e/samples.txt
+  python -m diffusion_lm.sample --workdir=/tmp/e2e --steps=50 --sample_setting=renoise_correlation=-0.6
   python -m diffusion_lm.sample --workdir=/tmp/e2e --infill="The Eagle is a __ __ near __ ."
   python -m diffusion_lm.sample --workdir=/tmp/e2e --edit="The Eagle are a cheap pub." --strength=0.4
   python -m diffusion_lm.sample --workdir=/tmp/e2e --length=12 --control=food=Italian --mbr=4
@@ -19,7 +20,7 @@ import os
 
 from absl import flags
 
-from diffusion_lm import cli, control, evaluation, pipeline, workdir as workdir_lib
+from diffusion_lm import cli, config_utils, control, evaluation, pipeline, workdir as workdir_lib
 from diffusion_lm.data import datasets
 from diffusion_lm.diffusion import guidance as guidance_lib
 from diffusion_lm.diffusion import samplers
@@ -51,6 +52,7 @@ def main(argv):
     raise UserError("--source_guidance steers a conditional model's targets towards their sources: give --source or "
                     "--source_file, without --draft_workdir")
   pipe = pipeline.load(FLAGS.workdir, FLAGS.step)
+  config_utils.apply_sample_settings(pipe.config, FLAGS.sample_setting)
   args = (FLAGS.num_samples, FLAGS.steps, FLAGS.seed, FLAGS.sampler, FLAGS.clamp)
   ar_options = {}  # Autoregressive workdirs: KV-cached decoding (diffusion_lm/decoding.py).
   if FLAGS.temperature is not None:
@@ -168,6 +170,8 @@ def run():
                     "source words it lacks (instead of --strength).")
   flags.DEFINE_float("temperature", None, "Autoregressive workdirs: sampling temperature (0 = greedy; default 1); "
                      "diffusion workdirs: score temperature (default: the config's sample.temperature).")
+  flags.DEFINE_multi_string("sample_setting", [], "FIELD=VALUE of the workdir's config.sample for this call, e.g. "
+                            "renoise_correlation=-0.6 or source_coverage=4 (repeatable; configs/base.py explains each).")
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)
 

@@ -193,6 +193,29 @@ def test_renoise_step_is_the_forward_process_from_x0():
                              stepped)
 
 
+@pytest.mark.parametrize("correlation", [-0.6, 0.5])
+def test_correlated_renoise_keeps_unit_noise_correlated_with_the_steps_own(correlation):
+  x0 = jax.random.normal(jax.random.key(1), (64, 48, 32))
+  log_snr_t, log_snr_s = jnp.asarray(-1.0), jnp.asarray(0.5)
+  alpha_t, sigma_t = process.alpha_sigma(log_snr_t)
+  alpha_s, sigma_s = process.alpha_sigma(log_snr_s)
+  own = jax.random.normal(jax.random.key(2), x0.shape)
+  noisy = alpha_t * x0 + sigma_t * own
+  # ρ = 0 is the plain renoise step, number for number.
+  np.testing.assert_array_equal(samplers.renoise_step(noisy, x0, log_snr_t, log_snr_s, jax.random.key(3), 0.0),
+                                samplers.renoise_step(noisy, x0, log_snr_t, log_snr_s, jax.random.key(3)))
+  stepped = samplers.renoise_step(noisy, x0, log_snr_t, log_snr_s, jax.random.key(3), correlation)
+  new = np.asarray((stepped - alpha_s * x0) / sigma_s).ravel()
+  assert np.std(new) == pytest.approx(1.0, abs=0.01)  # Still the forward process's noise level.
+  assert np.corrcoef(new, np.asarray(own).ravel())[0, 1] == pytest.approx(correlation, abs=0.02)
+  fns = _tiny_denoiser()
+  run = lambda rho: samplers.sample(fns, jax.random.key(1), (3, 6), 5, schedules.sqrt_log_snr, sampler="renoise",
+                                    renoise_correlation=rho, return_trajectory=True)[1]
+  assert not np.allclose(run(correlation), run(0.0)), "the correlation must reach the sampler"
+  with pytest.raises(ValueError, match="renoise sampler"):
+    samplers.sample(fns, jax.random.key(1), (3, 6), 5, schedules.sqrt_log_snr, sampler="ddim", renoise_correlation=-0.5)
+
+
 def test_model_time_floor_changes_only_the_time_the_network_is_told():
   # DINOISER's condition-enhanced sampling: the network sees max(t, c); the grid and z_t are untouched.
   embedding = jax.random.normal(jax.random.key(0), (5, 3))

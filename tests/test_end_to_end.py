@@ -85,6 +85,20 @@ def test_sample_binary_and_load_agree(trained_workdir, tmp_path):
   assert pipe.sample(3, steps=5, seed=7) == printed, "same seed, same samples"
 
 
+def test_sample_binary_takes_sample_settings(trained_workdir):
+  import diffusion_lm
+  settings = ["--sample_setting=sampler=renoise", "--sample_setting=renoise_correlation=-0.6"]
+  result = run_binary("diffusion_lm.sample", f"--workdir={trained_workdir}", "--num_samples=3", "--steps=5",
+                      "--seed=7", *settings)
+  assert result.returncode == 0, result.stderr[-2000:]
+  pipe = diffusion_lm.load(trained_workdir)
+  pipe.config.sample.sampler, pipe.config.sample.renoise_correlation = "renoise", -0.6
+  assert pipe.sample(3, steps=5, seed=7) == result.stdout.strip().splitlines()
+  result = run_binary("diffusion_lm.sample", f"--workdir={trained_workdir}", "--sample_setting=renoise_correlation=-2")
+  assert_one_line_error(result, "sample.renoise_correlation=-2.0 is out of range")
+  assert result.returncode == 2
+
+
 def assert_one_line_error(result, *needles):
   assert result.returncode != 0
   assert "Traceback" not in result.stderr, result.stderr[-2000:]

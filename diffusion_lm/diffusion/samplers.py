@@ -11,6 +11,8 @@ Example:
 """
 
 import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -62,11 +64,27 @@ def ddim_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
   return alpha_s * x0_BLD + sigma_s * (noisy_BLD - alpha_t * x0_BLD) / sigma_t
 
 
-def renoise_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng):
-  """z_s = α_s x̂0 + σ_s ε with fresh noise, forgetting z_t ("q-sampling": the forward process from x̂0)."""
-  del noisy_BLD, log_snr_t
+def renoise_step(noisy_BLD, x0_BLD, log_snr_t, log_snr_s, rng, correlation: float = 0.0):
+  """z_s = α_s x̂0 + σ_s ε around x̂0 ("q-sampling": the forward process from x̂0).
+
+  With `correlation` ρ = 0, ε is fresh noise and z_t is forgotten. With ρ ≠ 0,
+  ε = ρ ε̂ + √(1 − ρ²) ξ, where ε̂ = (z_t − α_t x̂0) / σ_t is the step's own noise (rescaled to unit
+  RMS per position) and ξ fresh noise: still unit variance, correlated ρ with the noise the network
+  just explained away. ρ < 0 is overrelaxation (Adler 1981; Neal 1998): the chain steps to the far
+  side of x̂0 instead of a random one, so it moves further per step (BENCHMARKS.md, "The few-step gap").
+
+  Example:
+    >>> renoise_step(z_BLD, x0_BLD, log_snr(0.5), log_snr(0.48), jax.random.key(0), correlation=-0.6)
+  """
   alpha_s, sigma_s = alpha_sigma(log_snr_s)
-  return diffuse(x0_BLD, alpha_s, sigma_s, jax.random.normal(rng, x0_BLD.shape))
+  fresh_BLD = jax.random.normal(rng, x0_BLD.shape)
+  if correlation == 0.0:
+    return diffuse(x0_BLD, alpha_s, sigma_s, fresh_BLD)
+  alpha_t, sigma_t = alpha_sigma(log_snr_t)
+  explained_BLD = (noisy_BLD - alpha_t * x0_BLD) / sigma_t
+  explained_BLD = explained_BLD * jax.lax.rsqrt(jnp.mean(explained_BLD ** 2, axis=-1, keepdims=True) + 1e-12)
+  noise_BLD = correlation * explained_BLD + jnp.sqrt(1.0 - correlation ** 2) * fresh_BLD
+  return diffuse(x0_BLD, alpha_s, sigma_s, noise_BLD)
 
 
 STEPS = {"ancestral": ancestral_step, "ddim": ddim_step, "renoise": renoise_step}
@@ -93,7 +111,7 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
            anchors: Anchors | None = None, start_noisy_BLD: jax.Array | None = None,
            start_time: float = 1.0, return_trajectory: bool = False, guidance=None,
            temperature: float = 1.0, time_warp_table: jax.Array | None = None, draw_tokens: bool = False,
-           model_time_floor: float = 0.0):
+           model_time_floor: float = 0.0, renoise_correlation: float = 0.0):
   """Runs the reverse process and returns token ids [B, L] (and, optionally, the per-step logits).
 
   `start_noisy_BLD` with `start_time` < 1 starts mid-way (editing: z = α x_draft + σ ε).
@@ -106,10 +124,16 @@ def sample(fns: DenoiserFns, rng: jax.Array, shape: tuple[int, int], num_steps: 
   `model_time_floor` c > 0 tells the network the noise level max(t, c) while z_t follows the grid
   (DINOISER's condition-enhanced denoiser: a conditional model told it sees more noise leans on
   its source); c = 0 is the plain sampler.
+  `renoise_correlation` ρ correlates the renoise sampler's new noise with the step's own (see
+  `renoise_step`; ρ < 0 overrelaxes); 0 is the plain renoise step.
   """
   if sampler not in STEPS:
     raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(STEPS)}")
   step_fn = STEPS[sampler]
+  if renoise_correlation:
+    if sampler != "renoise":
+      raise ValueError(f"renoise_correlation is the renoise sampler's, not {sampler!r}'s")
+    step_fn = functools.partial(renoise_step, correlation=renoise_correlation)
   if model_time_floor > 0:
     fns = with_model_time_floor(fns, model_time_floor)
   batch_size, length = shape
