@@ -42,7 +42,8 @@ DEFAULT = CHEAP | {"sample.clamp": True, "sample.temperature": 0.5}  # = configs
 CURRENT = DEFAULT | {"data.seq_len": 48, "sample.sampler": "renoise",  # = configs/e2e.py now (tests/test_recipe.py);
                      "sample.warped_grid": False, "train.embedding_lr_multiplier": 10.0,
                      "model.positions": "rotary", "diffusion.max_log_snr": 2.2,
-                     "train.num_steps": 3000, "mesh.cpu_devices": 2}  # --steps sets every variant's budget.
+                     "train.num_steps": 3000, "mesh.cpu_devices": 2,  # --steps sets every variant's budget.
+                     "sample.renoise_correlation": -0.5}
 VARIANTS = {
     "diffusion_lm": ({}, "Diffusion-LM: e2e loss, direct x0, sqrt schedule, d=16, clamping"),
     "cdcd": (CATEGORICAL, "categorical x0 + cross-entropy (CDCD), normalised d=32, no clamp"),
@@ -68,7 +69,7 @@ VARIANTS = {
     "e2e_output_prior": (DEFAULT | {"model.output_prior": True},
                          "+ Plaid's output prior (single-token posterior added to the logits)"),
     # Round three (issue 17), on configs/e2e.py as it is now (seq 48, renoise sampler):
-    "e2e_current": (CURRENT, "configs/e2e.py now: seq 48, renoise, uniform grid, 10× embedding lr, rotary, γ(0) 2.2"),
+    "e2e_current": (CURRENT, "configs/e2e.py now: seq 48, overrelaxed renoise, uniform grid, 10× embedding lr, rotary, γ(0) 2.2"),
     "e2e_adaln": (CURRENT | {"model.time_conditioning": "adaln_zero"},
                   "+ adaLN-zero time conditioning (DiT / MDLM), modulation from a d_model/4 time vector"),
     "vlb_learned": (CATEGORICAL | SELFCOND | {"diffusion.objective": "vlb", "diffusion.schedule": "learned"},
