@@ -22,6 +22,7 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.0",
         "tqdm",
+        "scipy>=1.15",  # Already jax's; its bootstrap gives the judge's ratio an interval (scoring.py).
         "sacrebleu>=2.4",  # BLEU and chrF (data-to-text, infilling, MBR): the standard implementation.
         "tensorboardX>=2.6",
         "protobuf",  # Reads the SentencePiece model type.

@@ -50,7 +50,7 @@ def judged(workdir: str, texts: list[str]) -> dict:
   os.remove(f.name)
   samples, real = report["samples"], report["reference"]
   return {"judge_ppl": samples["judge_perplexity"], "real_judge_ppl": real["judge_perplexity"],
-          "ratio": samples["judge_perplexity"] / real["judge_perplexity"],
+          "ratio": report["perplexity_ratio"], "ratio_ci95": report["perplexity_ratio_ci95"],
           "unigram_entropy": samples["unigram_entropy"], "real_unigram_entropy": real["unigram_entropy"],
           "distinct_2": samples["distinct_2"], "examples": texts[:3]}
 

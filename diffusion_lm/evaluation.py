@@ -145,8 +145,13 @@ def evaluate_samples(workdir: str, samples_file: str, judge_workdir: str, seed: 
                                                       replace=False))
   references = [validation[i] for i in chosen]
   row_fn = scoring.autoregressive_row_fn(judge.model)
-  report = {"samples": scoring.judge_texts(judge, samples, batch_size, "judge samples", progress, row_fn),
-            "reference": scoring.judge_texts(judge, references, batch_size, "judge references", progress, row_fn),
+  judged = scoring.judge_texts(judge, samples, batch_size, "judge samples", progress, row_fn, keep_rows=True)
+  real = scoring.judge_texts(judge, references, batch_size, "judge references", progress, row_fn, keep_rows=True)
+  sample_rows, real_rows = judged.pop("rows"), real.pop("rows")
+  report = {"samples": judged, "reference": real,
+            # Samples' judge perplexity ÷ real sentences', with a 95 % bootstrap interval over both sets.
+            "perplexity_ratio": judged["judge_perplexity"] / real["judge_perplexity"],
+            "perplexity_ratio_ci95": list(scoring.perplexity_ratio_interval(sample_rows, real_rows, seed=seed)),
             "judge_step": int(judge.step), "tokens_counted": "non-PAD positions, EOS included"}
   report["settings"] = {
       "workdir": os.path.abspath(workdir), "samples_file": os.path.abspath(samples_file),

@@ -187,6 +187,29 @@ def perplexity_report(per_row: dict[str, np.ndarray], options: ScoringOptions | 
           "num_tokens": int(round(num_tokens)), "num_sequences": int(len(per_row["nll"]))}
 
 
+def perplexity_ratio_interval(rows: dict[str, np.ndarray], reference_rows: dict[str, np.ndarray],
+                              confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+  """A bootstrap interval (scipy's, percentile) of perplexity(rows) ÷ perplexity(reference_rows).
+
+  Each side is resampled by sequence, with its own size; the rows are `autoregressive_row_fn`'s
+  ({"nll": [N], "num_tokens": [N]}). The judge's ratio over 200 samples moves by ±10 % from one
+  sampling seed to the next (BENCHMARKS.md, "The few-step gap"): this says how much of a difference
+  the sample size can resolve.
+
+  Example:
+    >>> low, high = perplexity_ratio_interval(sample_rows, real_rows)
+  """
+  import scipy.stats  # A jax dependency; imported here because only the judge's report needs it.
+
+  def log_ratio(sample_ids, reference_ids):
+    nats = lambda per_row, ids: np.sum(per_row["nll"][ids]) / np.sum(per_row["num_tokens"][ids])
+    return nats(rows, sample_ids) - nats(reference_rows, reference_ids)
+  result = scipy.stats.bootstrap((np.arange(len(rows["nll"])), np.arange(len(reference_rows["nll"]))), log_ratio,
+                                 vectorized=False, paired=False, n_resamples=resamples, confidence_level=confidence,
+                                 method="percentile", rng=np.random.default_rng(seed))
+  return math.exp(result.confidence_interval.low), math.exp(result.confidence_interval.high)
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
   """Corpus-level distinct-n: unique word n-grams / all word n-grams (Li et al., 2016).
 
@@ -221,11 +244,12 @@ def unigram_entropy(texts: Sequence[str]) -> float:
 
 
 def judge_texts(judge, texts: Sequence[str], batch_size: int, desc: str = "judge", progress: bool = True,
-                row_fn: RowFn | None = None) -> dict:
+                row_fn: RowFn | None = None, keep_rows: bool = False) -> dict:
   """The judge's perplexity on `texts` (one sentence per row, EOS counted) and distinct-1/2/3.
 
   `judge` is a `workdir.load_checkpoint` of an autoregressive workdir; pass the same `row_fn`
-  (`autoregressive_row_fn(judge.model)`) to several calls to compile once.
+  (`autoregressive_row_fn(judge.model)`) to several calls to compile once. `keep_rows` adds the
+  per-sequence figures under "rows" (for `perplexity_ratio_interval`).
 
   Example:
     >>> judge_texts(workdir.load_checkpoint("/tmp/e2e_ar"), ["The Eagle is a pub ."], 64)["judge_perplexity"]
@@ -238,4 +262,5 @@ def judge_texts(judge, texts: Sequence[str], batch_size: int, desc: str = "judge
   return {"judge_perplexity": scores["perplexity"], "judge_nll_nats_per_token": scores["nll_nats_per_token"],
           "num_tokens": scores["num_tokens"], "num_sequences": scores["num_sequences"],
           **{f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)}, "unigram_entropy": unigram_entropy(texts),
-          "mean_words": float(np.mean([len(normalize_words(t).split()) for t in texts])), **stats}
+          "mean_words": float(np.mean([len(normalize_words(t).split()) for t in texts])), **stats,
+          **({"rows": per_row} if keep_rows else {})}

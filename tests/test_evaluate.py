@@ -175,10 +175,24 @@ def test_samples_are_judged_against_as_many_real_sentences(markov, ar_workdir, d
   samples, reference = report["samples"], report["reference"]
   assert samples["num_sequences"] == reference["num_sequences"] == 30
   assert samples["judge_perplexity"] > reference["judge_perplexity"]
+  assert report["perplexity_ratio"] == pytest.approx(samples["judge_perplexity"] / reference["judge_perplexity"])
+  low, high = report["perplexity_ratio_ci95"]
+  assert 1 < low < report["perplexity_ratio"] < high, "30 shuffled sentences are resolvably worse than real ones"
   assert 0 < samples["distinct_1"] <= samples["distinct_2"] <= 1
   assert os.path.exists(os.path.join(diffusion_workdir, "eval", "samples_shuffled.json"))
   with pytest.raises(UserError, match="autoregressive"):
     evaluate.evaluate_samples(ar_workdir, samples_file, diffusion_workdir, progress=False)
+
+
+def test_perplexity_ratio_interval_covers_equal_sets_and_narrows_with_more_rows():
+  from diffusion_lm.scoring import perplexity_ratio_interval
+  rng = np.random.default_rng(0)
+  rows = lambda n: {"nll": rng.gamma(4.0, 10.0, n), "num_tokens": rng.integers(15, 30, n).astype(float)}
+  small, large = (perplexity_ratio_interval(rows(n), rows(n), resamples=500) for n in (100, 1600))
+  assert small[0] < 1 < small[1] and large[0] < 1 < large[1]  # Two draws of one distribution.
+  assert (large[1] - large[0]) < 0.5 * (small[1] - small[0])  # 16× the rows: about a quarter of the width.
+  same = rows(200)
+  assert perplexity_ratio_interval(same, same, seed=3) == perplexity_ratio_interval(same, same, seed=3)
 
 
 def test_distinct_n_counts_unique_ngrams_over_all_texts():
