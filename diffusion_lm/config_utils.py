@@ -99,7 +99,7 @@ def apply_sample_settings(config: ml_collections.ConfigDict, settings: list[str]
         value = text.lower() == "true"
       else:
         value = kind(text)
-    except ValueError:
+    except (TypeError, ValueError):
       raise ConfigError(f"--sample_setting={setting!r}: sample.{field} takes a {kind.__name__}, not {text!r}") from None
     config.sample[field] = value
   validate(config)

@@ -145,7 +145,9 @@ class Pipeline:
         outputs = samplers.sample(fns, rng, (num_samples, self.config.data.seq_len), steps, fns.log_snr,
                                   sampler=sampler, clamp=clamp, temperature=self.config.sample.temperature,
                                   draw_tokens=self.config.sample.draw_tokens,
-                                  renoise_correlation=self.config.sample.renoise_correlation,
+                                  # A property of the renoise step: a call with another sampler ignores it.
+                                  renoise_correlation=(self.config.sample.renoise_correlation
+                                                       if sampler == "renoise" else 0.0),
                                   # Edits and refinements start from a draft, whose noise level is the point.
                                   model_time_floor=self.config.sample.model_time_floor if start_noisy is None else 0.0,
                                   time_warp_table=time_warp_table if self._warped_grid() else None, anchors=anchors,

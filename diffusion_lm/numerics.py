@@ -30,7 +30,7 @@ def first_argmax(x_BV: jax.Array) -> jax.Array:
 
   XLA:CPU lowers argmax to a (value, index) pair reduction that is several times slower than a
   max and a min: per decoding step over a [64, 1000] vocabulary that was a tenth of the time, and
-  the train step's token-accuracy metric over [64, 48, V] cost 7 % of the E2E step (BENCHMARKS.md).
+  the train step's token-accuracy metric over [64, 48, V] cost 4–8 % of the E2E step (BENCHMARKS.md).
 
   Example:
     >>> int(first_argmax(jnp.array([1.0, 3.0, 3.0])))

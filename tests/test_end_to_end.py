@@ -94,6 +94,7 @@ def test_sample_binary_takes_sample_settings(trained_workdir):
   pipe = diffusion_lm.load(trained_workdir)
   pipe.config.sample.sampler, pipe.config.sample.renoise_correlation = "renoise", -0.6
   assert pipe.sample(3, steps=5, seed=7) == result.stdout.strip().splitlines()
+  assert len(pipe.sample(3, steps=5, seed=7, sampler="ancestral")) == 3  # Another sampler ignores ρ, as --sampler does.
   result = run_binary("diffusion_lm.sample", f"--workdir={trained_workdir}", "--sample_setting=renoise_correlation=-2")
   assert_one_line_error(result, "sample.renoise_correlation=-2.0 is out of range")
   assert result.returncode == 2
