@@ -315,6 +315,9 @@ def format_report(report: dict) -> str:
                    f"{part['unigram_entropy']:.3f} nats, distinct-1/2/3 "
                    f"{part['distinct_1']:.3f}/{part['distinct_2']:.3f}/{part['distinct_3']:.3f}, "
                    f"{part['num_sequences']} sequences, {part['mean_words']:.1f} words on average")
+    low, high = report["perplexity_ratio_ci95"]
+    lines.append(f"samples ÷ reference: judge perplexity {report['perplexity_ratio']:.3f} "
+                 f"(95 % bootstrap interval {low:.3f}–{high:.3f})")
     return "\n".join(lines)
   where = report["settings"]["split"] or report["settings"]["text_file"]
   counted = f"{report['num_tokens']:,} tokens (EOS counted, PAD not) in {report['num_sequences']:,} sequences"

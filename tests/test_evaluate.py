@@ -178,6 +178,8 @@ def test_samples_are_judged_against_as_many_real_sentences(markov, ar_workdir, d
   assert report["perplexity_ratio"] == pytest.approx(samples["judge_perplexity"] / reference["judge_perplexity"])
   low, high = report["perplexity_ratio_ci95"]
   assert 1 < low < report["perplexity_ratio"] < high, "30 shuffled sentences are resolvably worse than real ones"
+  from diffusion_lm.evaluation import format_report
+  assert f"samples ÷ reference: judge perplexity {report['perplexity_ratio']:.3f}" in format_report(report)
   assert 0 < samples["distinct_1"] <= samples["distinct_2"] <= 1
   assert os.path.exists(os.path.join(diffusion_workdir, "eval", "samples_shuffled.json"))
   with pytest.raises(UserError, match="autoregressive"):
