@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import datetime
 import importlib.util
 import os
@@ -33,43 +32,6 @@ from diffusion_lm.diffusion.model_fns import bind_denoiser, with_clean_positions
 from diffusion_lm.errors import UserError  # noqa: E402
 
 
-def _parse_value(text: str, current):
-  """`text` as the type of the field's current value (bools accept True/False/true/false/1/0)."""
-  if isinstance(current, bool):
-    if text.lower() in ("true", "1"):
-      return True
-    if text.lower() in ("false", "0"):
-      return False
-    raise UserError(f"{text!r} is not a bool; use True or False")
-  if isinstance(current, str):
-    return text
-  try:
-    return type(current)(ast.literal_eval(text))
-  except (ValueError, SyntaxError, TypeError):
-    raise UserError(f"{text!r} is not a {type(current).__name__}") from None
-
-
-def override_fields(config: ml_collections.ConfigDict, items, where: str = "") -> ml_collections.ConfigDict:
-  """Sets each "section.field=value" item in place, the value read as the field's current type.
-
-  Example:
-    >>> override_fields(pipe.config, ["sample.warped_grid=false", "sample.temperature=0.7"])
-  """
-  for item in items:
-    field, equals, text = item.partition("=")
-    if not equals:
-      raise UserError(f"override {item!r}{f' in {where!r}' if where else ''} is not field=value")
-    *parents, leaf = field.strip().split(".")
-    section = config
-    try:
-      for parent in parents:
-        section = section[parent]
-      section[leaf] = _parse_value(text.strip(), section[leaf])
-    except (KeyError, AttributeError):
-      raise UserError(f"override {item!r}: the config has no field {field!r}") from None
-  return config
-
-
 def load_config_spec(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   """(validated config, label) from "PATH[:field=value,field=value...]".
 
@@ -83,7 +45,7 @@ def load_config_spec(spec: str) -> tuple[ml_collections.ConfigDict, str]:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config()
-  override_fields(config, filter(None, overrides.split(",")), spec)
+  config_utils.override_fields(config, filter(None, overrides.split(",")), spec)
   config_utils.validate(config)
   label = os.path.splitext(os.path.basename(path))[0] + (f" [{overrides}]" if overrides else "")
   return config, label

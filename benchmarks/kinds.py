@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_utils  # noqa: E402
 import diffusion_lm  # noqa: E402
-from diffusion_lm import cli, evaluation  # noqa: E402
+from diffusion_lm import cli, config_utils, evaluation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "name=WORKDIR pairs, in table order.")
@@ -80,7 +80,7 @@ def score_kind(name: str, workdir: str) -> dict:
   pipe = diffusion_lm.load(workdir)
   kind = pipe.config.model.kind
   if kind != "autoregressive":
-    bench_utils.override_fields(pipe.config, [f"sample.{item}" for item in FLAGS.sample_settings])
+    config_utils.override_fields(pipe.config, [f"sample.{item}" for item in FLAGS.sample_settings])
   likelihood = evaluation.evaluate(workdir, split="validation", max_sequences=FLAGS.eval_sequences, write=False,
                                    progress=False)
   row = {"name": name, "kind": kind, "workdir": workdir, "train_steps": pipe.step,

@@ -20,8 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_utils  # noqa: E402
 import diffusion_lm  # noqa: E402
-from diffusion_lm import cli, evaluation  # noqa: E402
-from diffusion_lm.config_utils import apply_overrides  # noqa: E402
+from diffusion_lm import cli, config_utils, evaluation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained diffusion workdir.")
@@ -45,7 +44,7 @@ def main(argv):
   print("| variant | steps | judge ppl ÷ real (95 % bootstrap) | unigram entropy (real) | distinct-2 | example |")
   print("|---|---:|---:|---:|---:|---|")
   for name, overrides in map(parse_variant, FLAGS.variants):
-    bench_utils.override_fields(apply_overrides(pipe.config, defaults), overrides)
+    config_utils.override_fields(config_utils.apply_overrides(pipe.config, defaults), overrides)
     for steps in map(int, FLAGS.steps):
       texts = pipe.sample(FLAGS.num_samples, steps=steps, seed=FLAGS.seed)
       with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:

@@ -5,6 +5,7 @@ Example:
   >>> config = from_dict(to_dict(config))
 """
 
+import ast
 import json
 import math
 
@@ -79,6 +80,52 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
   return config
 
 
+def parse_typed(text: str, current):
+  """`text` as the type of a field's current value (bools accept True/False/true/false/1/0).
+
+  Example:
+    >>> parse_typed("0.7", 1.0), parse_typed("false", True)
+    (0.7, False)
+  """
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1"):
+      return True
+    if text.lower() in ("false", "0"):
+      return False
+    raise ConfigError(f"{text!r} is not a bool; use True or False")
+  if isinstance(current, str):
+    return text
+  try:
+    return type(current)(ast.literal_eval(text))
+  except (ValueError, SyntaxError, TypeError):
+    raise ConfigError(f"{text!r} is not of type {type(current).__name__}") from None
+
+
+def override_fields(config: ml_collections.ConfigDict, items, where: str = "") -> ml_collections.ConfigDict:
+  """Sets each "section.field=value" item in place, the value read as the field's current type.
+
+  Example:
+    >>> override_fields(pipe.config, ["sample.warped_grid=false", "sample.temperature=0.7"])
+  """
+  for item in items:
+    field, equals, text = item.partition("=")
+    if not equals:
+      raise ConfigError(f"override {item!r}{f' in {where!r}' if where else ''} is not field=value")
+    *parents, leaf = field.strip().split(".")
+    section = config
+    try:
+      for parent in parents:
+        section = section[parent]
+      current = section[leaf]
+    except (KeyError, AttributeError):
+      raise ConfigError(f"override {item!r}: the config has no field {field!r}") from None
+    try:
+      section[leaf] = parse_typed(text.strip(), current)
+    except ConfigError as error:
+      raise ConfigError(f"override {item!r}{f' in {where!r}' if where else ''}: {error}") from None
+  return config
+
+
 def apply_sample_settings(config: ml_collections.ConfigDict, settings: list[str]) -> ml_collections.ConfigDict:
   """Sets `config.sample` fields from "FIELD=VALUE" strings (the sample binary's --sample_setting), typed as the
   field is, and validates the result; raises ConfigError on an unknown field or a bad value.
@@ -87,21 +134,11 @@ def apply_sample_settings(config: ml_collections.ConfigDict, settings: list[str]
     >>> apply_sample_settings(config, ["renoise_correlation=-0.6", "draw_tokens=true"])
   """
   for setting in settings:
-    field, equals, text = setting.partition("=")
+    field, equals, _ = setting.partition("=")
     if not equals or field not in config.sample:
       raise ConfigError(f"--sample_setting={setting!r} is not FIELD=VALUE with FIELD one of config.sample's: "
                         f"{', '.join(sorted(config.sample))}")
-    kind = type(config.sample[field])
-    try:
-      if kind is bool:
-        if text.lower() not in ("true", "false"):
-          raise ValueError(text)
-        value = text.lower() == "true"
-      else:
-        value = kind(text)
-    except (TypeError, ValueError):
-      raise ConfigError(f"--sample_setting={setting!r}: sample.{field} takes a {kind.__name__}, not {text!r}") from None
-    config.sample[field] = value
+  override_fields(config, [f"sample.{setting}" for setting in settings], "--sample_setting")
   validate(config)
   return config
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, tiny_config
+from diffusion_lm.errors import ConfigError
 
 
 def read_metrics(workdir):
@@ -98,6 +100,22 @@ def test_sample_binary_takes_sample_settings(trained_workdir):
   result = run_binary("diffusion_lm.sample", f"--workdir={trained_workdir}", "--sample_setting=renoise_correlation=-2")
   assert_one_line_error(result, "sample.renoise_correlation=-2.0 is out of range")
   assert result.returncode == 2
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("renoise_correlation=-2", "renoise_correlation=-2.0 is out of range"),
+    ("steps=many", "'many' is not of type int"),
+    ("draw_tokens=maybe", "'maybe' is not a bool"),
+    ("stepz=50", "FIELD one of config.sample's: clamp, draw_tokens"),
+    ("steps", "FIELD one of config.sample's"),
+])
+def test_bad_sample_settings_name_the_problem(setting, needle):
+  from configs import e2e
+  from diffusion_lm import config_utils
+  with pytest.raises(ConfigError, match=re.escape(needle)):
+    config_utils.apply_sample_settings(e2e.get_config(), [setting])
+  config = config_utils.apply_sample_settings(e2e.get_config(), ["renoise_correlation=0", "draw_tokens=true"])
+  assert (config.sample.renoise_correlation, config.sample.draw_tokens) == (0.0, True)
 
 
 def assert_one_line_error(result, *needles):
