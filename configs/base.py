@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                           generated and scored (E2E: MR → reference; text files: source<TAB>target).
   data.source_dropout = 0.0  # Conditional: share of training rows with the source emptied, so the
   #                            model also writes without one (pipe.generate([""])).
+  data.distill_from = ""  # Conditional: a conditional AR workdir whose greedy output becomes each training source's
+  #                         one target (sequence-level knowledge distillation; diffusion_lm/distillation.py).
 
   config.model = model = ml_collections.ConfigDict()
   model.kind = "diffusion"  # "diffusion" (bidirectional denoiser) or "autoregressive" (causal).

@@ -206,6 +206,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"{' or '.join(k for k, v in kinds.KINDS.items() if v.conditional)}")
   if config.data.source_dropout and not config.data.conditional:
     raise ConfigError("--config.data.source_dropout needs --config.data.conditional=True")
+  if config.data.get("distill_from") and not config.data.conditional:
+    raise ConfigError("--config.data.distill_from replaces each source's targets; it needs "
+                      "--config.data.conditional=True")
   if config.data.name == "tfds" and not config.data.get("tfds_name"):
     raise ConfigError("--config.data.name=tfds needs --config.data.tfds_name=NAME, e.g. lm1b")
   if config.data.name == "text_files" and not config.data.train_files:

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from diffusion_lm import checkpoint, config_utils, kinds, metrics, numerics, parallel, workdir as workdir_lib
+from diffusion_lm import (checkpoint, config_utils, distillation, kinds, metrics, numerics, parallel,
+                          workdir as workdir_lib)
 from diffusion_lm.data import batching, datasets
 from diffusion_lm.data.layout import PAD_ID, PAIR_SEPARATOR, UNK_ID, split_pair
 from diffusion_lm.errors import TrainingDivergedError
@@ -90,6 +91,8 @@ class _Run:
     self.rules = parallel.logical_rules(config.mesh)
     parallel.check_batch_size(config.train.batch_size, self.mesh)
     datasets.check_data_files(config.data)  # Missing, empty, blank or non-UTF-8 files: one line, exit 2.
+    if config.data.distill_from:
+      distillation.check_teacher(config.data.distill_from, workdir)
     workdir_lib.check_writable(workdir)
     self.lock = TrainerLock(workdir).acquire()  # A second trainer on this workdir stops here.
     try:
@@ -102,6 +105,8 @@ class _Run:
     """Data, tokenizer, model, optimizer, checkpointer and writers (the lock is held)."""
     train_texts = datasets.load_texts(config.data, "train")
     self.tokenizer = workdir_lib.load_or_train_tokenizer(workdir, config.data, train_texts)
+    if config.data.distill_from:  # After the tokenizer: the student keeps the data's vocabulary (and the teacher's).
+      train_texts = distillation.distilled_texts(train_texts, config.data.distill_from, workdir, config.seed)
     encode = lambda texts: batching.encode_corpus(texts, self.tokenizer, config.data.seq_len, config.data.mode,
                                                   config.data.conditional)
     self.train_tokens = encode(train_texts)

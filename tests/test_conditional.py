@@ -447,6 +447,53 @@ def test_slot_errors_count_missing_and_added_values():
 
 
 # ---------------------------------------------------------------------------------------------
+# Sequence-level distillation: the student trains on the AR twin's outputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_distillation_trains_on_one_teacher_output_per_source_and_caches_it(copy_corpus, workdirs, tmp_path,
+                                                                           monkeypatch):
+  from diffusion_lm import checkpoint, distillation, pipeline
+  from diffusion_lm.data import batching, datasets
+  from diffusion_lm.train import train
+  encoded = []
+  encode_corpus = batching.encode_corpus
+  monkeypatch.setattr(batching, "encode_corpus", lambda texts, *args: encoded.append(texts) or encode_corpus(
+      texts, *args))
+  student = str(tmp_path / "student")
+  train(copy_config(copy_corpus, "diffusion", True, steps=2, **{"data.distill_from": workdirs["ar"]}), student)
+  with open(copy_corpus["pairs", "train"]) as f:
+    sources = list(dict.fromkeys(line.split("\t")[0] for line in f if line.strip()))
+  assert len(sources) == len(NAMES)  # 2,000 training pairs, 30 distinct sources.
+  outputs = pipeline.load(workdirs["ar"]).generate(sources)
+  expected = [text for text, output in zip(datasets.join_pairs(sources, outputs), outputs) if output.strip()]
+  assert len(expected) > len(NAMES) // 2
+  with open(os.path.join(student, distillation.DISTILLED_FILE)) as f:
+    assert f.read().splitlines() == expected
+  assert encoded[0] == expected  # The training rows: one teacher output per source, not the 2,000 pairs.
+  with open(copy_corpus["pairs", "validation"]) as f:
+    assert encoded[1] == [line.strip() for line in f if line.strip()]  # Validation keeps its references.
+  # The student keeps the data's vocabulary, which is the teacher's: it can refine the teacher's drafts.
+  tokenizer = lambda workdir: checkpoint.file_sha256(os.path.join(workdir, "tokenizer.model"))
+  assert tokenizer(student) == tokenizer(workdirs["ar"])
+  # A resumed run reads the cache back and needs no teacher.
+  assert distillation.distilled_texts([], str(tmp_path / "gone"), student) == expected
+
+
+def test_a_distillation_teacher_must_be_a_conditional_ar_workdir(copy_corpus, workdirs, tmp_path):
+  from diffusion_lm import distillation
+  from diffusion_lm.errors import UserError
+  with pytest.raises(UserError, match="distill_from=.*no checkpoint"):
+    distillation.check_teacher(str(tmp_path / "none"), str(tmp_path / "student"))
+  result = run_binary("train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}",
+                      "--config.data.name=text_files", f"--config.data.train_files={copy_corpus['pairs', 'train']}",
+                      f"--config.data.validation_files={copy_corpus['pairs', 'validation']}",
+                      "--config.data.conditional=True", f"--config.data.distill_from={workdirs['conditional']}")
+  assert_one_line_error(result, "distill_from=", "holds a diffusion model", "conditional autoregressive")
+  assert not (tmp_path / "w").exists()  # Checked before any work: no workdir made.
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2
 # ---------------------------------------------------------------------------------------------
 
@@ -541,6 +588,7 @@ def test_conditional_configs_are_checked():
                             ({"data.conditional": False, "sample.source_coverage": 1.0}, "source_coverage steers"),
                             ({"model.parameterization": "direct", "sample.source_coverage": 1.0},
                              "source_coverage steers"),
-                            ({"sample.source_coverage": -1.0}, "source_coverage=-1.0 is out of range")):
+                            ({"sample.source_coverage": -1.0}, "source_coverage=-1.0 is out of range"),
+                            ({"data.conditional": False, "data.distill_from": "/tmp/ar"}, "distill_from replaces")):
     with pytest.raises(ConfigError, match=phrase):
       config_utils.validate(tiny_config(**{"data.conditional": True, **overrides}))
