@@ -17,7 +17,8 @@ PACKAGE = "diffusion_lm"
 LAYERS = (
     ("binaries", {"train", "sample", "evaluate", "train_classifier"}),
     ("binary plumbing", {"cli"}),
-    ("inference API and trainer library", {"pipeline", "trainer", "evaluation", "classifier_trainer", "distillation"}),
+    ("inference API and trainer library", {"pipeline", "trainer", "evaluation", "classifier_trainer",
+                                           "distillation"}),
     ("workdir and train state", {"workdir", "train_state"}),
     ("config checks", {"config_utils"}),
     ("model kinds", {"kinds"}),
