@@ -20,8 +20,8 @@ import os
 
 from diffusion_lm import parallel, pipeline, workdir as workdir_lib
 from diffusion_lm.data import datasets
-from diffusion_lm.data.layout import split_pair
-from diffusion_lm.errors import UserError
+from diffusion_lm.data.layout import max_source_len, split_pair
+from diffusion_lm.errors import UnencodableTextError, UserError
 
 DISTILLED_FILE = "distilled_train.tsv"
 
@@ -50,7 +50,8 @@ def distilled_texts(train_texts: list[str], teacher_workdir: str, workdir: str, 
   """`source<TAB>teacher's greedy output`, one per distinct source of `train_texts` (first-seen order).
 
   Read from WORKDIR/distilled_train.tsv when it is there (a resumed run); otherwise decoded and written
-  there. A source the teacher writes nothing for is left out.
+  there. A source the teacher writes nothing for is left out; one it cannot read (a word outside its
+  vocabulary, or too long for its rows) keeps its original pairs.
 
   Example:
     >>> texts = distilled_texts(datasets.load_texts(config.data, "train"), "/tmp/e2e_cond_ar", "/tmp/kd")
@@ -59,15 +60,28 @@ def distilled_texts(train_texts: list[str], teacher_workdir: str, workdir: str, 
   path = os.path.join(workdir, DISTILLED_FILE)
   if os.path.exists(path):
     return list(datasets.read_text_lines(path))
-  sources = list(dict.fromkeys(split_pair(text)[0] for text in train_texts))
-  if parallel.is_chief():
-    print(f"Distilling: the {len(sources)} distinct training sources decoded by {teacher_workdir}.", flush=True)
   check_teacher(teacher_workdir, workdir)
-  outputs = pipeline.load(teacher_workdir).generate(sources, seed=seed)
-  texts = [text for text, output in zip(datasets.join_pairs(sources, outputs), outputs) if output.strip()]
+  teacher = pipeline.load(teacher_workdir)
+  sources = list(dict.fromkeys(split_pair(text)[0] for text in train_texts))
+  readable = [source for source in sources if _teacher_reads(teacher, source)]
+  kept = [text for text in train_texts if not _teacher_reads(teacher, split_pair(text)[0])]
+  if parallel.is_chief():
+    print(f"Distilling: the {len(readable)} distinct training sources decoded by {teacher_workdir}"
+          + (f"; {len(sources) - len(readable)} it cannot read (unknown words, or too long) keep their "
+             f"{len(kept)} pairs." if kept else "."), flush=True)
+  outputs = teacher.generate(readable, seed=seed) if readable else []
+  texts = [text for text, output in zip(datasets.join_pairs(readable, outputs), outputs) if output.strip()] + kept
   if parallel.is_chief():
     partial = f"{path}.partial"  # Renamed when whole: a run stopped mid-write leaves no short cache.
     with open(partial, "w", encoding="utf-8") as f:
       f.write("".join(f"{text}\n" for text in texts))
     os.replace(partial, path)
   return texts
+
+
+def _teacher_reads(teacher: pipeline.AutoregressivePipeline, source: str) -> bool:
+  """Whether `teacher.generate` takes `source`: every word in its vocabulary, room left for a target."""
+  try:
+    return len(teacher.tokenizer.encode_strict(source)) <= max_source_len(teacher.config.data.seq_len)
+  except UnencodableTextError:
+    return False

@@ -478,6 +478,13 @@ def test_distillation_trains_on_one_teacher_output_per_source_and_caches_it(copy
   assert tokenizer(student) == tokenizer(workdirs["ar"])
   # A resumed run reads the cache back and needs no teacher.
   assert distillation.distilled_texts([], str(tmp_path / "gone"), student) == expected
+  # A source the teacher cannot read (a word outside its vocabulary) keeps its own pairs.
+  unreadable = ["Zyzzyva\tZyzzyva is here .", "Zyzzyva\tZyzzyva is there ."]
+  other = str(tmp_path / "other")
+  os.makedirs(other)
+  first = outputs[sources.index(NAMES[0])]
+  assert distillation.distilled_texts([f"{NAMES[0]}\tx"] + unreadable, workdirs["ar"], other) == [
+      *datasets.join_pairs([NAMES[0]] if first.strip() else [], [first]), *unreadable]
 
 
 def test_a_distillation_teacher_must_be_a_conditional_ar_workdir(copy_corpus, workdirs, tmp_path):
