@@ -8,7 +8,8 @@ source keeps one target, the AR model's greedy output, and the student learns th
 The validation and test splits keep their human references, so losses and scores stay comparable.
 
 The outputs are decoded once, in every process (greedy, so the same everywhere), and cached as
-WORKDIR/distilled_train.tsv: a resumed run reads the same targets back without the teacher.
+WORKDIR/distilled_train.tsv: a resumed run reads the same targets back without the teacher (and
+ignores a changed `distill_from`: delete the file, in a fresh workdir, to distil from another teacher).
 
 Example:
   python -m diffusion_lm.train --config=configs/e2e_cond_ar.py --workdir=/tmp/e2e_cond_ar
