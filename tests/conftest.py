@@ -1,4 +1,4 @@
-"""Shared test setup: one tfds data dir per session, and the tiny config."""
+"""Shared test setup: one tfds data dir and one compilation cache per session, unoptimised XLA, the tiny config."""
 
 import os
 import sys
@@ -12,6 +12,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from diffusion_lm import parallel  # noqa: E402
 
 parallel.keep_freed_host_memory()  # As the binaries do, before jax starts its threads: the suite runs faster.
+
+# One persistent compilation cache for the run (set before the workers start, so both share it, and the
+# binaries the tests start find it in their environment): a program that many tests build, such as the tiny
+# config's train step, is compiled once and then loaded. It starts empty, so no run depends on an earlier one.
+os.environ.setdefault("DIFFUSION_LM_COMPILATION_CACHE", tempfile.mkdtemp(prefix="dlm_jax_cache_"))
+from diffusion_lm import cli  # noqa: E402
+
+cli.enable_compilation_cache()
+
+# Tests compile without LLVM's optimisation passes: on a 2-core CPU compilation is most of the suite's time,
+# and this halves it. The numbers agree with the optimised build's to ~1e-6, as another CPU's do;
+# tests/test_golden.py runs its recipes with XLA's default optimisation, so what users run stays pinned.
+UNOPTIMIZED_XLA_FLAG = "--xla_backend_optimization_level=0"
+OPTIMIZED_XLA_FLAGS = os.environ.get("XLA_FLAGS", "").replace(UNOPTIMIZED_XLA_FLAG, "").strip()
+TEST_XLA_FLAGS = f"{OPTIMIZED_XLA_FLAGS} {UNOPTIMIZED_XLA_FLAG}".strip()
+
+
+def pytest_configure(config):
+  """Under pytest only (before any test starts jax's backend), so `python tests/test_golden.py` keeps the default."""
+  del config
+  os.environ["XLA_FLAGS"] = TEST_XLA_FLAGS
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # For `from configs import tiny`.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, TEST_XLA_FLAGS, tiny_config
 
 from diffusion_lm.data import layout
 
@@ -401,7 +401,7 @@ def test_two_devices_give_the_same_outputs_and_bound_as_one(workdirs):
             "bound = evaluate.evaluate(sys.argv[1], write=False, progress=False, max_sequences=32, batch_size=32)\n"
             "print(json.dumps({'out': out, 'nll': bound['nll_nats_per_token']}))\n")
   env = {**os.environ, "PYTHONPATH": REPO_ROOT, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+         "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"}
   run = subprocess.run([sys.executable, "-c", script, workdirs["conditional"]], env=env, cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TEST_XLA_FLAGS
 
 NUM_STEPS = 60
 TRAIN_FLAGS = ["--config=configs/tiny.py", "--config.model.num_layers=1", f"--config.train.num_steps={NUM_STEPS}",
@@ -55,7 +55,7 @@ def env(tmp_path_factory):
   # shared by the runs, so the restarted processes reuse the first run's executables.
   cache = str(tmp_path_factory.mktemp("jax_cache"))
   return {**os.environ, "PYTHONPATH": REPO_ROOT, "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_COMPILATION_CACHE_DIR": cache,
+          "XLA_FLAGS": TEST_XLA_FLAGS, "JAX_COMPILATION_CACHE_DIR": cache,
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 

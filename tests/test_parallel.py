@@ -17,7 +17,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, TEST_XLA_FLAGS, tiny_config
 
 MESHES = {"1x1x1": (1, 1, 1), "8x1x1": (8, 1, 1), "2x4x1": (2, 4, 1), "2x2x2": (2, 2, 2)}
 FSDP_MESH = (1, 8, 1)
@@ -27,7 +27,7 @@ VOCAB = 64
 
 
 # No LLVM optimisation: halves compile time on this 2-core machine; every mesh compiles alike.
-WORKER_XLA_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+WORKER_XLA_FLAGS = f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}"
 
 
 def worker_config():
@@ -295,7 +295,7 @@ if __name__ == "__main__":
 def test_the_train_binary_splits_a_cpu_host_as_config_mesh_cpu_devices_says():
   """configs/e2e.py trains on one XLA device per core of a 2-core CPU; any config can ask for N; an explicit
   XLA flag (mesh tests, launchers) wins; 0 is one line."""
-  def dry_run(*args, xla_flags=""):
+  def dry_run(*args, xla_flags=TEST_XLA_FLAGS):
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": xla_flags}
     return subprocess.run([sys.executable, "-m", "diffusion_lm.train", "--dry_run", *args], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
@@ -305,7 +305,7 @@ def test_the_train_binary_splits_a_cpu_host_as_config_mesh_cpu_devices_says():
   asked = dry_run("--config=configs/tiny.py", "--config.mesh.cpu_devices=4")
   assert asked.returncode == 0, asked.stderr[-3000:]
   assert asked.stdout.splitlines()[0] == "mesh: data=4 × fsdp=1 × tensor=1 (4 devices)"
-  explicit = dry_run("--config=configs/e2e.py", xla_flags="--xla_force_host_platform_device_count=8")
+  explicit = dry_run("--config=configs/e2e.py", xla_flags=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8")
   assert explicit.stdout.splitlines()[0] == "mesh: data=8 × fsdp=1 × tensor=1 (8 devices)", explicit.stderr[-3000:]
   bad = dry_run("--config=configs/tiny.py", "--config.mesh.cpu_devices=0")
   assert bad.returncode == 2 and bad.stderr.strip() == (
@@ -320,7 +320,7 @@ def test_two_cpu_devices_repeat_a_run_exactly_and_resume_it_exactly(tmp_path):
             "--config.train.num_samples=0", "--config.train.log_every=5", "--config.train.checkpoint_every=10",
             "--config.train.eval_every=100", f"--workdir={workdir}"]
     run = subprocess.run([sys.executable, "-m", "diffusion_lm.train", *args], cwd=REPO_ROOT,
-                         env={**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": ""},
+                         env={**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": TEST_XLA_FLAGS},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TEST_XLA_FLAGS
 
 NUM_STEPS = 60
 PREEMPTED_EXIT_CODE = 143  # cli.PREEMPTED_EXIT_CODE; literal so the test reads on its own.
@@ -54,7 +54,7 @@ def env(shared):
   with shared() as directory:
     return {**os.environ, "PYTHONPATH": REPO_ROOT, "JAX_COMPILATION_CACHE_DIR": str(directory / "jax_cache"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-            "XLA_FLAGS": "--xla_backend_optimization_level=0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+            "XLA_FLAGS": TEST_XLA_FLAGS, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @pytest.fixture(scope="module")
@@ -446,7 +446,7 @@ def _bad_input_cases(tmp, corpus, reference_dir):
       case("nan_learning_rate", {"train.learning_rate": "nan"},
            ["--config.train.learning_rate=nan is not a finite number"]),
       case("batch_not_divisible", {"train.batch_size": 3}, ["batch_size=3 is not divisible", "size 2"],
-           env_extra={"XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count=2"}),
+           env_extra={"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"}),
       case("mesh_not_matching_devices", {"mesh.data": 3}, ["needs 3 devices but 1 are available"]),
       case("empty_data_file", {"data.train_files": str(empty)}, [f"{empty}", "is empty"]),
       case("blank_data_file", {"data.train_files": str(blank)}, [f"{blank}", "only blank lines"]),
