@@ -147,7 +147,8 @@ def test_one_device_and_eight_fake_devices_give_the_same_bound(diffusion_workdir
   single = diffusion_bound
   assert single["settings"]["num_devices"] == 1
   flags = {k: single["settings"][k] for k in ("num_t_samples", "max_sequences", "batch_size", "seed")}
-  env = {**os.environ, "PYTHONPATH": REPO_ROOT, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"}
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT,
+         "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"}
   result = subprocess.run([sys.executable, "-m", "diffusion_lm.evaluate", f"--workdir={diffusion_workdir}",
                            *(f"--{k}={v}" for k, v in flags.items())],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
