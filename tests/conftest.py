@@ -1,12 +1,23 @@
 """Shared test setup: one tfds data dir and one compilation cache per session, unoptimised XLA, the tiny config."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
+
+def session_directory(variable: str, prefix: str) -> None:
+  """A temporary directory in $variable for the whole run: made by the first process (pytest's controller),
+  inherited by the workers and the binaries the tests start, removed when the process that made it exits."""
+  if variable not in os.environ:
+    os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
+
+
 # Prepared datasets go to a per-session directory (tfds reads TFDS_DATA_DIR when
 # config.data.tfds_data_dir is empty), so tests never touch ~/tensorflow_datasets.
-os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="dlm_tfds_"))
+session_directory("TFDS_DATA_DIR", "dlm_tfds_")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from diffusion_lm import parallel  # noqa: E402
@@ -16,7 +27,7 @@ parallel.keep_freed_host_memory()  # As the binaries do, before jax starts its t
 # One persistent compilation cache for the run (set before the workers start, so both share it, and the
 # binaries the tests start find it in their environment): a program that many tests build, such as the tiny
 # config's train step, is compiled once and then loaded. It starts empty, so no run depends on an earlier one.
-os.environ.setdefault("DIFFUSION_LM_COMPILATION_CACHE", tempfile.mkdtemp(prefix="dlm_jax_cache_"))
+session_directory("DIFFUSION_LM_COMPILATION_CACHE", "dlm_jax_cache_")
 from diffusion_lm import cli  # noqa: E402
 
 cli.enable_compilation_cache()

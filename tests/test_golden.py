@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import OPTIMIZED_XLA_FLAGS, REPO_ROOT, tiny_config  # noqa: E402
+from conftest import OPTIMIZED_XLA_FLAGS, REPO_ROOT, UNOPTIMIZED_XLA_FLAG, tiny_config  # noqa: E402
 
 GOLDEN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "tiny_recipes.json")
 RECIPES = {
@@ -63,7 +63,9 @@ def optimized_runs(tmp_path_factory):
                        capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]
   with open(root / "values.json") as f:
-    return json.load(f)
+    values = json.load(f)
+  assert UNOPTIMIZED_XLA_FLAG not in values.pop("xla_flags"), "the golden recipes must run optimised"
+  return values
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -95,7 +97,7 @@ if __name__ == "__main__":
     values = {name: run_recipe(name, os.path.join(root, name)) for name in sorted(RECIPES)}
   if "--json" in sys.argv:  # The test's subprocess.
     with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
-      json.dump(values, f)
+      json.dump({**values, "xla_flags": os.environ.get("XLA_FLAGS", "")}, f)
   elif "--write" in sys.argv:
     with open(GOLDEN_FILE, "w") as f:
       json.dump(values, f, indent=1)
