@@ -3,7 +3,8 @@
 For each `--variants` entry (name=field:value+field:value over `sample.*`) and each `--steps`:
 `--num_samples` samples (`--seed`, 0 by default), the AR judge's perplexity ÷ real sentences' (with a 95 %
 bootstrap interval over samples and sentences: about ±14 % at 200 samples, ±6 % at 1,000), unigram entropy
-(real sentences' beside it) and distinct-2 (`evaluation.evaluate_samples`).
+and distinct-2 (real sentences' beside each: the same number of validation sentences), from
+`evaluation.evaluate_samples`.
 
 Example:
   python benchmarks/sampling_variants.py --workdir=runs/kinds/e2e --judge_workdir=runs/kinds/e2e_ar \
@@ -41,7 +42,8 @@ def main(argv):
   del argv
   pipe = diffusion_lm.load(FLAGS.workdir)
   defaults = {f"sample.{k}": v for k, v in pipe.config.sample.items()}
-  print("| variant | steps | judge ppl ÷ real (95 % bootstrap) | unigram entropy (real) | distinct-2 | example |")
+  print("| variant | steps | judge ppl ÷ real (95 % bootstrap) | unigram entropy (real) | distinct-2 (real) "
+        "| example |")
   print("|---|---:|---:|---:|---:|---|")
   for name, overrides in map(parse_variant, FLAGS.variants):
     config_utils.override_fields(config_utils.apply_overrides(pipe.config, defaults), overrides)
@@ -54,7 +56,8 @@ def main(argv):
       samples, real = report["samples"], report["reference"]
       low, high = report["perplexity_ratio_ci95"]
       print(f"| {name} | {steps} | {report['perplexity_ratio']:.2f} ({low:.2f}–{high:.2f}) | "
-            f"{samples['unigram_entropy']:.2f} ({real['unigram_entropy']:.2f}) | {samples['distinct_2']:.3f} | "
+            f"{samples['unigram_entropy']:.2f} ({real['unigram_entropy']:.2f}) | "
+            f"{samples['distinct_2']:.3f} ({real['distinct_2']:.3f}) | "
             f"{texts[0]} |", flush=True)
 
 
