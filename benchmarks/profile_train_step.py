@@ -110,15 +110,16 @@ def profile(config, steps: int, top: int) -> str:
     state, _ = compiled(state, batch, jax.random.key(0))
     jax.block_until_ready(state)
     peak = bench_utils.measure_matmul_peak(config.model.dtype)
-    trace_dir = tempfile.mkdtemp(prefix="dlm_profile_")
     load_before = bench_utils.load_average()
-    with jax.profiler.trace(trace_dir):
-      start = time.perf_counter()
-      for _ in range(steps):
-        state, _ = compiled(state, batch, jax.random.key(0))
-      jax.block_until_ready(state)
-      wall = (time.perf_counter() - start) / steps
-  data = jax.profiler.ProfileData.from_file(sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1])
+    with tempfile.TemporaryDirectory(prefix="dlm_profile_") as trace_dir:  # Read back, then removed.
+      with jax.profiler.trace(trace_dir):
+        start = time.perf_counter()
+        for _ in range(steps):
+          state, _ = compiled(state, batch, jax.random.key(0))
+        jax.block_until_ready(state)
+        wall = (time.perf_counter() - start) / steps
+      data = jax.profiler.ProfileData.from_file(
+          sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1])
   seconds_by_name, threads = collections.Counter(), set()
   for plane in data.planes:
     for line in plane.lines:
