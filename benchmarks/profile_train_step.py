@@ -93,6 +93,12 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict]:
 
 
 def profile(config, steps: int, top: int) -> str:
+  """The markdown report of `steps` profiled train steps of `config`: op time by kind and the `top` op groups.
+
+  Example:
+    >>> config, _ = bench_utils.load_config_spec("configs/e2e.py")
+    >>> print(profile(config, steps=5, top=15))
+  """
   vocab_size = config.data.vocab_size
   mesh = parallel.make_mesh(config.mesh)
   model = kinds.get(config.model.kind).build_model(config, vocab_size)

@@ -215,6 +215,19 @@ def test_benchmark_modules_load_in_any_order():
     _benchmark_module(name)
 
 
+def test_profile_benchmark_attributes_the_step_and_leaves_no_trace_behind(monkeypatch):
+  # benchmarks/profile_train_step.py once left its profiler trace in the temp directory on every run.
+  import glob
+  import tempfile
+  from conftest import tiny_config
+  monkeypatch.syspath_prepend(BENCHMARKS_DIR)  # It imports bench_utils as the script beside it.
+  pattern = os.path.join(tempfile.gettempdir(), "dlm_profile_*")
+  before = set(glob.glob(pattern))
+  report = _benchmark_module("profile_train_step").profile(tiny_config(), steps=1, top=3)
+  assert "| matmul |" in report and "top 3 op groups" in report
+  assert set(glob.glob(pattern)) == before
+
+
 def test_quality_benchmark_current_variant_is_configs_e2e():
   # benchmarks/quality.py screens levers against "e2e_current"; it must stay the shipped default.
   from configs import base, e2e
