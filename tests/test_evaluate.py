@@ -4,6 +4,7 @@ exact AR perplexity, the diffusion bound, 1 vs 8 devices, and generative perplex
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -185,6 +186,23 @@ def test_samples_are_judged_against_as_many_real_sentences(markov, ar_workdir, d
   assert os.path.exists(os.path.join(diffusion_workdir, "eval", "samples_shuffled.json"))
   with pytest.raises(UserError, match="autoregressive"):
     evaluate.evaluate_samples(ar_workdir, samples_file, diffusion_workdir, progress=False)
+
+
+def test_sampling_variants_benchmark_judges_each_variant_beside_real_sentences(ar_workdir, diffusion_workdir):
+  # benchmarks/sampling_variants.py is how sampler settings are screened (BENCHMARKS.md, "The few-step gap").
+  result = subprocess.run([sys.executable, "benchmarks/sampling_variants.py", f"--workdir={diffusion_workdir}",
+                           f"--judge_workdir={ar_workdir}", "--variants=default=,hot=temperature:2.0", "--steps=2",
+                           "--num_samples=4"], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": REPO_ROOT},
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| default") or
+          line.startswith("| hot")]
+  assert [(row[0], row[1]) for row in rows] == [("| default", "2"), ("| hot", "2")]
+  for row in rows:  # judge ppl ÷ real (interval) | entropy (real) | distinct-2 (real)
+    ratio, entropy, distinct_2 = (re.fullmatch(r"([\d.]+) \(([\d.–]+)\)", cell).groups() for cell in row[2:5])
+    assert float(ratio[0]) > 0 and "–" in ratio[1]
+    assert float(entropy[0]) > 0 and float(entropy[1]) > 0, "samples' and real sentences' unigram entropy"
+    assert 0 < float(distinct_2[0]) <= 1 and 0 < float(distinct_2[1]) <= 1, "samples' and real sentences' distinct-2"
 
 
 def test_perplexity_ratio_interval_covers_equal_sets_and_narrows_with_more_rows():
